@@ -1,0 +1,33 @@
+# Set-up and everyday commands. `make serve` and `make test` work on a fresh machine:
+# they create .venv, install CPU torch first (pinned by constraints.txt), then the project.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+# Never `python -m` from here: the folder operator/ would shadow the standard library module.
+PIP := $(VENV)/bin/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv serve test bench lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -I -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	# The 8.x Elasticsearch client needs elastic-transport 8: it lives apart, for the client compatibility test.
+	$(PIP) install -q --target $(VENV)/es8 'elasticsearch8==8.19.*' >/dev/null 2>&1
+	touch $@
+
+# The main job: the embedded server on http://127.0.0.1:9200 with the demo models imported.
+serve: venv
+	$(VENV)/bin/infernetes serve --demo $(ARGS)
+
+# The whole test suite (CI runs this through .ci/run).
+test: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(VENV)/bin/python bench/http_vs_inprocess.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Infernetes control plane: spec models, gateway, planner, autoscaler, runtimes, CLI."""

@@ -1,0 +1,201 @@
+"""The ``infernetes`` command: ``serve``, ``worker``, ``models``.
+
+``infernetes serve`` runs the embedded product on one machine: the REST gateway plus one worker
+process per allocation, with endpoint definitions in SQLite under the data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+
+DEFAULT_PORT = 9200
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("INFERNETES_DATA_DIR") or user_data_dir("infernetes", appauthor=False))
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where models, endpoint definitions and logs live (default: $INFERNETES_DATA_DIR, "
+        f"else {default_data_dir()})",
+    )
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    path = (args.data_dir or default_data_dir()).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- serve ------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..worker.modelstore import ModelStore
+    from .embedded import EmbeddedOptions, build_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = _data_dir(args)
+    lock = open(data_dir / "serve.lock", "w")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"infernetes: another `infernetes serve` is using {data_dir}", file=sys.stderr)
+        return 1
+    if args.demo:
+        from .demo import install_demo_models
+
+        for line in install_demo_models(ModelStore(data_dir / "models")):
+            print(line, flush=True)
+    app = build_app(
+        data_dir,
+        EmbeddedOptions(
+            max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level
+        ),
+    )
+    print(f"Infernetes serving the Elasticsearch inference API on http://{args.host}:{args.port} "
+          f"(data in {data_dir})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=35)
+    return 0
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from ..worker.modelstore import ModelStore
+
+    return ModelStore(_data_dir(args) / "models")
+
+
+def _progress(prefix: str):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    bar: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, unit="B", unit_scale=True, desc=prefix, leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from ..worker.modelstore import ModelStoreError
+
+    prompts = {}
+    for item in args.prompt or []:
+        key, _, value = item.partition("=")
+        if key.upper() not in ("SEARCH", "INGEST", "CLASSIFICATION", "CLUSTERING") or not _:
+            print(f"infernetes: --prompt expects INPUT_TYPE=TEXT, got [{item}]", file=sys.stderr)
+            return 2
+        prompts[key.upper()] = value
+    overrides = {"prompts": prompts or None, "max_seq_length": args.max_seq_length}
+    try:
+        info = _store(args).import_folder(
+            args.source, args.model_id, task_type=args.task, overrides=overrides, replace=args.replace,
+            progress=_progress(f"importing {args.model_id}"),
+        )
+    except ModelStoreError as exc:
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 1
+    print(f"imported [{info.model_id}]: task {info.task_type}, {info.kind}, max_seq_length {info.max_seq_length}"
+          + (f", {info.dimensions} dimensions" if info.dimensions else "")
+          + (f", prompts {info.prompts}" if info.prompts else ""))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    rows = [(m.model_id, m.task_type, m.kind, str(m.dimensions or "-"), str(m.max_seq_length or "-"),
+             f"{m.size_bytes / 1e6:.0f} MB") for m in _store(args).list()]
+    header = ("MODEL ID", "TASK", "KIND", "DIMS", "MAX LEN", "SIZE")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_models_remove(args: argparse.Namespace) -> int:
+    if not _store(args).remove(args.model_id):
+        print(f"infernetes: model [{args.model_id}] is not in the store", file=sys.stderr)
+        return 1
+    print(f"removed [{args.model_id}]")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infernetes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway and worker processes on this machine")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    _data_dir_arg(serve)
+    serve.add_argument("--demo", action="store_true",
+                       help="import the demo models shipped by installed PyPI packages into the model store")
+    serve.add_argument("--max-inputs", type=int, default=1024, help="inputs per inference request (default 1024)")
+    serve.add_argument("--queue-capacity", type=int, default=1024,
+                       help="inputs waiting per allocation before 429 (default 1024)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="serve one allocation of one model (what the runtimes start)",
+                            add_help=False)
+    worker.set_defaults(func=None)
+
+    models = sub.add_parser("models", help="manage the model store")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    imp = msub.add_parser("import", help="import a local sentence-transformers, cross-encoder or SPLADE folder")
+    imp.add_argument("source", type=Path, help="model folder (safetensors weights, config, tokenizer)")
+    imp.add_argument("--model-id", required=True, help="the id endpoints will use as model_id")
+    imp.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
+                     help="check the folder serves this task (detected otherwise)")
+    imp.add_argument("--prompt", action="append", metavar="INPUT_TYPE=TEXT",
+                     help='prompt per input type, e.g. --prompt SEARCH="query: " (default: from the model config)')
+    imp.add_argument("--max-seq-length", type=int, help="truncate inputs to this many tokens")
+    imp.add_argument("--replace", action="store_true", help="replace a model with the same id")
+    _data_dir_arg(imp)
+    imp.set_defaults(func=cmd_models_import)
+    lst = msub.add_parser("list", help="list the models in the store")
+    _data_dir_arg(lst)
+    lst.set_defaults(func=cmd_models_list)
+    rm = msub.add_parser("remove", help="remove a model from the store")
+    rm.add_argument("model_id")
+    _data_dir_arg(rm)
+    rm.set_defaults(func=cmd_models_remove)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "worker":
+        from ..worker.server import main as worker_main
+
+        worker_main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

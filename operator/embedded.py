@@ -1,0 +1,49 @@
+"""Wiring of the embedded product: SQLite store + model store + local worker processes + gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from ..worker.modelstore import ModelStore
+from .catalog import ModelCatalog
+from .gateway import GatewaySettings, create_app
+from .runtime.local import LocalRuntime, LocalSettings
+from .service import InferenceService, Limits
+from .store import SqliteStore
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    max_inputs: int = 1024
+    queue_capacity: int = 1024
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 128
+    worker_log_level: str = "warning"
+    gateway: GatewaySettings = GatewaySettings()
+
+
+def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI:
+    options = options or EmbeddedOptions()
+    models = ModelStore(data_dir / "models")
+    models.clean_staging()
+    catalog = ModelCatalog(models)
+    runtime = LocalRuntime(
+        LocalSettings(
+            data_dir=data_dir,
+            max_inputs=options.max_inputs,
+            max_batch_tokens=options.max_batch_tokens,
+            max_batch_size=options.max_batch_size,
+            worker_log_level=options.worker_log_level,
+        ),
+        catalog.resolve,
+    )
+    service = InferenceService(
+        SqliteStore(data_dir / "infernetes.db"),
+        runtime,
+        catalog,
+        Limits(max_inputs=options.max_inputs, queue_capacity=options.queue_capacity),
+    )
+    return create_app(service, options.gateway)

@@ -1,0 +1,391 @@
+"""The embedded runtime: each allocation is a worker process on this machine.
+
+The runtime keeps one listening socket per allocation on 127.0.0.1 and hands it to the worker
+process, so the port survives worker restarts and workers never listen beyond loopback. A
+supervisor task per allocation starts the worker, waits for ``/readyz``, and restarts it with
+back-off when it dies; a worker whose model cannot load (exit code 3) marks the allocation
+failed instead of crash-looping. Scaling down stops the newest allocations with SIGTERM, which
+lets them finish the requests they have accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ...worker.modelstore import ModelInfo
+from ...worker.server import EXIT_MODEL_FAILED
+from ..errors import ResourceNotFound, ServiceUnavailable, TooManyRequests
+from ..records import Deployment
+from . import AllocationStatus, DeploymentStatus
+from .router import Router
+
+log = logging.getLogger("infernetes.runtime")
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    data_dir: Path
+    python: str = sys.executable
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 128
+    max_inputs: int = 1024
+    drain_timeout: float = 30.0
+    ready_poll: float = 0.1
+    max_backoff: float = 30.0
+    # Requests held while a deployment has no ready allocation (starting, or scaled to zero).
+    max_held_requests: int = 256
+    worker_log_level: str = "warning"
+
+
+@dataclass(eq=False)
+class Allocation:
+    index: int
+    deployment: LocalDeployment
+    sock: socket.socket
+    state: str = "starting"
+    proc: asyncio.subprocess.Process | None = None
+    task: asyncio.Task[None] | None = None
+    restarts: int = 0
+    started_at: float | None = None
+    failure: str | None = None
+    stopping: bool = False
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.deployment.spec.deployment_id}-{self.index}"
+
+    def status(self) -> AllocationStatus:
+        return AllocationStatus(
+            allocation_id=str(self.index),
+            state=self.state,
+            url=self.url,
+            restarts=self.restarts,
+            started_at=self.started_at,
+            failure=self.failure,
+        )
+
+
+@dataclass(eq=False)
+class LocalDeployment:
+    spec: Deployment
+    model: ModelInfo
+    target: int
+    allocations: list[Allocation] = field(default_factory=list)
+    retiring: list[Allocation] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    failure: str | None = None
+    stopping: bool = False
+    started_at: float = field(default_factory=time.time)
+    held: int = 0
+
+    def ready_urls(self) -> list[str]:
+        return [a.url for a in self.allocations if a.state == "started" and not a.stopping]
+
+    def status(self) -> DeploymentStatus:
+        return DeploymentStatus(
+            deployment_id=self.spec.deployment_id,
+            target=self.target,
+            allocations=[a.status() for a in self.allocations + self.retiring],
+            failure=self.failure,
+            stopping=self.stopping,
+            started_at=self.started_at,
+        )
+
+    async def notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+class LocalRuntime:
+    def __init__(self, settings: LocalSettings, resolve_model: Any) -> None:
+        """``resolve_model(model_id) -> ModelInfo`` finds the model folder of a deployment."""
+        self.settings = settings
+        self.resolve_model = resolve_model
+        self.deployments: dict[str, LocalDeployment] = {}
+        self.router = Router()
+        self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        self.logs = settings.data_dir / "logs"
+        self.run_dir = settings.data_dir / "run"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.scale_requests: asyncio.Queue[str] = asyncio.Queue()
+
+    # -- the Runtime surface ------------------------------------------------------------------
+
+    async def apply(self, deployment: Deployment, allocations: int | None = None) -> None:
+        existing = self.deployments.get(deployment.deployment_id)
+        target = allocations if allocations is not None else deployment.initial_allocations(self.cap)
+        if existing is None:
+            model = self.resolve_model(deployment.model_id)
+            existing = LocalDeployment(spec=deployment, model=model, target=target)
+            self.deployments[deployment.deployment_id] = existing
+        else:
+            existing.spec = deployment
+            if allocations is not None or not deployment.adaptive_enabled:
+                existing.target = target
+        await self._reconcile(existing)
+
+    async def scale(self, deployment_id: str, allocations: int) -> None:
+        dep = self._get(deployment_id)
+        if dep.target != allocations:
+            log.info("deployment %s: %d -> %d allocations", deployment_id, dep.target, allocations)
+            dep.target = allocations
+            await self._reconcile(dep)
+
+    async def remove(self, deployment_id: str) -> None:
+        dep = self.deployments.get(deployment_id)
+        if dep is None:
+            return
+        dep.stopping = True
+        await dep.notify()
+        await asyncio.gather(*(self._stop(a) for a in dep.allocations + dep.retiring))
+        self.deployments.pop(deployment_id, None)
+
+    def status(self, deployment_id: str) -> DeploymentStatus | None:
+        dep = self.deployments.get(deployment_id)
+        return dep.status() if dep else None
+
+    async def wait(self, deployment_id: str, timeout: float, *, fully: bool = True) -> DeploymentStatus:
+        dep = self._get(deployment_id)
+
+        def done() -> bool:
+            st = dep.status()
+            if st.state == "failed" or dep.stopping:
+                return True
+            return st.ready >= dep.target if fully else st.state == "started"
+
+        async with dep.changed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(dep.changed.wait_for(done), timeout)
+        return dep.status()
+
+    async def node_stats(self, deployment_id: str) -> list[dict[str, Any]]:
+        dep = self.deployments.get(deployment_id)
+        if dep is None:
+            return []
+
+        async def one(a: Allocation) -> dict[str, Any]:
+            base = {"allocation_id": str(a.index), "state": a.state, "restarts": a.restarts, "failure": a.failure,
+                    "start_time": int((a.started_at or dep.started_at) * 1000)}
+            if a.state not in ("started", "stopping"):
+                return base
+            try:
+                resp = await self._probe.get(a.url + "/stats", timeout=1.0)
+                return {**resp.json(), **base}
+            except (httpx.HTTPError, ValueError):
+                return base
+
+        return list(await asyncio.gather(*(one(a) for a in dep.allocations + dep.retiring)))
+
+    async def infer(self, deployment_id: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+        dep = self._get(deployment_id)
+        urls = dep.ready_urls()
+        if not urls:
+            urls = await self._hold(dep, timeout)
+        return await self.router.forward(
+            urls, payload, timeout, on_failure=lambda url: self._suspect(dep, url),
+            what=f"deployment [{deployment_id}]",
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.remove(d) for d in list(self.deployments)))
+        await self.router.close()
+        await self._probe.aclose()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @property
+    def cap(self) -> int:
+        """Allocations an adaptive deployment may reach when no max is set: one per core."""
+        return max(1, os.cpu_count() or 1)
+
+    def _get(self, deployment_id: str) -> LocalDeployment:
+        dep = self.deployments.get(deployment_id)
+        if dep is None:
+            raise ResourceNotFound(f"Could not find deployment [{deployment_id}]")
+        return dep
+
+    async def _hold(self, dep: LocalDeployment, timeout: float) -> list[str]:
+        """No allocation is ready: wait (bounded) for one, asking for a scale-up if there are none."""
+        if dep.stopping:
+            raise ServiceUnavailable(f"deployment [{dep.spec.deployment_id}] is stopping")
+        if dep.failure and not any(a.state in ("starting", "started") for a in dep.allocations):
+            raise ServiceUnavailable(f"deployment [{dep.spec.deployment_id}] failed: {dep.failure}")
+        if dep.held >= self.settings.max_held_requests:
+            raise TooManyRequests(
+                f"deployment [{dep.spec.deployment_id}] has no ready allocation and already holds "
+                f"{dep.held} requests; retry later",
+                retry_after=5,
+            )
+        dep.held += 1
+        try:
+            if dep.target == 0:
+                self.scale_requests.put_nowait(dep.spec.deployment_id)
+            async with dep.changed:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        dep.changed.wait_for(lambda: bool(dep.ready_urls()) or dep.stopping or bool(dep.failure)),
+                        timeout,
+                    )
+        finally:
+            dep.held -= 1
+        urls = dep.ready_urls()
+        if not urls:
+            raise TooManyRequests(
+                f"deployment [{dep.spec.deployment_id}] has no ready allocation yet "
+                f"(state [{dep.status().state}]); retry later",
+                retry_after=5,
+            )
+        return urls
+
+    def _suspect(self, dep: LocalDeployment, url: str) -> None:
+        for a in dep.allocations:
+            if a.url == url and a.state == "started" and (a.proc is None or a.proc.returncode is not None):
+                a.state = "starting"
+
+    async def _reconcile(self, dep: LocalDeployment) -> None:
+        while len(dep.allocations) < dep.target:
+            index = self._free_index(dep)
+            sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+            alloc = Allocation(index=index, deployment=dep, sock=sock)
+            dep.allocations.append(alloc)
+            alloc.task = asyncio.create_task(self._supervise(alloc), name=f"allocation-{alloc.name}")
+        while len(dep.allocations) > dep.target:
+            # Retire allocations that are not serving first, then the newest; it finishes what it accepted.
+            alloc = max(dep.allocations, key=lambda a: (a.state != "started", a.index))
+            dep.allocations.remove(alloc)
+            dep.retiring.append(alloc)
+            asyncio.create_task(self._retire(dep, alloc))
+        await dep.notify()
+
+    def _free_index(self, dep: LocalDeployment) -> int:
+        used = {a.index for a in dep.allocations + dep.retiring}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    async def _retire(self, dep: LocalDeployment, alloc: Allocation) -> None:
+        await self._stop(alloc)
+        if alloc in dep.retiring:
+            dep.retiring.remove(alloc)
+        await dep.notify()
+
+    async def _stop(self, alloc: Allocation) -> None:
+        alloc.stopping = True
+        proc = alloc.proc
+        if proc is not None and proc.returncode is None:
+            alloc.state = "stopping"
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.drain_timeout + 5)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if alloc.task is not None:
+            alloc.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await alloc.task
+        alloc.state = "stopped"
+        alloc.sock.close()
+
+    def _command(self, alloc: Allocation) -> list[str]:
+        dep, s = alloc.deployment, self.settings
+        return [
+            # -P: never put the working directory on sys.path (a folder named operator/ would shadow the stdlib).
+            s.python, "-P", "-m", "infernetes.worker",
+            "--model-dir", str(dep.model.path),
+            "--deployment-id", dep.spec.deployment_id,
+            "--allocation-id", str(alloc.index),
+            "--num-threads", str(dep.spec.num_threads),
+            "--fd", str(alloc.sock.fileno()),
+            "--queue-capacity", str(dep.spec.queue_capacity),
+            "--max-batch-tokens", str(s.max_batch_tokens),
+            "--max-batch-size", str(s.max_batch_size),
+            "--max-inputs", str(s.max_inputs),
+            "--drain-timeout", str(s.drain_timeout),
+            "--termination-log", str(self.run_dir / f"{alloc.name}.termination"),
+            "--parent-pid", str(os.getpid()),
+            "--log-level", s.worker_log_level,
+        ]
+
+    async def _supervise(self, alloc: Allocation) -> None:
+        dep = alloc.deployment
+        backoff = 0.5
+        termination = self.run_dir / f"{alloc.name}.termination"
+        while not alloc.stopping:
+            termination.unlink(missing_ok=True)
+            alloc.state = "starting"
+            await dep.notify()
+            with open(self.logs / f"{alloc.name}.log", "ab") as logf:
+                alloc.proc = await asyncio.create_subprocess_exec(
+                    *self._command(alloc),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=logf,
+                    pass_fds=(alloc.sock.fileno(),),
+                    start_new_session=True,
+                    cwd=self.settings.data_dir,
+                )
+            proc = alloc.proc
+            ready = await self._wait_ready(alloc, proc)
+            if ready:
+                alloc.state = "started"
+                alloc.started_at = time.time()
+                alloc.failure = None
+                dep.failure = None
+                await dep.notify()
+                up_since = time.monotonic()
+                code = await proc.wait()
+                if time.monotonic() - up_since > 60:
+                    backoff = 0.5
+            else:
+                code = await proc.wait()
+            if alloc.stopping:
+                break
+            reason = termination.read_text().strip() if termination.exists() else ""
+            if code == EXIT_MODEL_FAILED:
+                alloc.state = "failed"
+                alloc.failure = reason or f"worker exited with code {code}"
+                dep.failure = alloc.failure
+                log.error("allocation %s failed: %s", alloc.name, alloc.failure)
+                await dep.notify()
+                return
+            alloc.restarts += 1
+            alloc.state = "starting"
+            alloc.failure = f"worker exited with code {code}; restarted {alloc.restarts} time(s)"
+            log.warning("allocation %s died (exit code %s); restarting in %.1fs", alloc.name, code, backoff)
+            await dep.notify()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.max_backoff)
+
+    async def _wait_ready(self, alloc: Allocation, proc: asyncio.subprocess.Process) -> bool:
+        while proc.returncode is None and not alloc.stopping:
+            try:
+                resp = await self._probe.get(alloc.url + "/readyz", timeout=1.0)
+                if resp.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), self.settings.ready_poll)
+        return False

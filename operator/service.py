@@ -1,0 +1,452 @@
+"""The Elasticsearch inference API, independent of HTTP and of where things run.
+
+:class:`InferenceService` implements the endpoint lifecycle (PUT / GET / DELETE), inference
+calls and ``_ml/trained_models`` stats on top of a :class:`~infernetes.operator.store.Store`
+(SQLite or custom resources), a :class:`~infernetes.operator.runtime.Runtime` (processes or
+pods) and a :class:`~infernetes.operator.catalog.ModelCatalog`. The gateway is a thin HTTP layer
+over it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..worker.modelstore import ModelInfo
+from .catalog import ModelCatalog
+from .errors import (
+    BadRequest,
+    Conflict,
+    ModelFailure,
+    RequestTimeout,
+    ResourceAlreadyExists,
+    ResourceNotFound,
+    ValidationFailed,
+)
+from .records import Deployment, Endpoint
+from .runtime import DeploymentStatus, Runtime
+from .spec import INPUT_TYPES, SERVICE, EndpointSpec, parse_endpoint, parse_task_settings, validate_task_type
+from .store import Store
+
+log = logging.getLogger("infernetes.service")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_inputs: int = 1024
+    max_input_chars: int = 200_000
+    queue_capacity: int = 1024
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def render_service_settings(dep: Deployment | None, model: ModelInfo | None, ep: Endpoint) -> dict[str, Any]:
+    if dep is None:  # the deployment an endpoint reused has gone
+        return dict(ep.body.get("service_settings", {}))
+    out: dict[str, Any] = {}
+    if not dep.adaptive_enabled and dep.num_allocations is not None:
+        out["num_allocations"] = dep.num_allocations
+    out["num_threads"] = dep.num_threads
+    out["model_id"] = dep.model_id
+    out["deployment_id"] = dep.deployment_id
+    if dep.adaptive:
+        out["adaptive_allocations"] = dep.adaptive
+    if ep.task_type == "text_embedding" and model is not None and model.dimensions:
+        out["dimensions"] = model.dimensions
+        out["similarity"] = model.similarity or "cosine"
+        out["element_type"] = "float"
+    return out
+
+
+def render_endpoint(ep: Endpoint, dep: Deployment | None, model: ModelInfo | None) -> dict[str, Any]:
+    spec = parse_endpoint(ep.task_type, ep.inference_id, ep.body)
+    out: dict[str, Any] = {
+        "inference_id": ep.inference_id,
+        "task_type": ep.task_type,
+        "service": SERVICE,
+        "service_settings": render_service_settings(dep, model, ep),
+        "chunking_settings": spec.chunking.resolved(),
+    }
+    task_settings = spec.task_settings()
+    if task_settings:
+        out["task_settings"] = task_settings
+    return out
+
+
+def _matches(patterns: list[str], *names: str) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+class InferenceService:
+    def __init__(self, store: Store, runtime: Runtime, catalog: ModelCatalog, limits: Limits | None = None) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.catalog = catalog
+        self.limits = limits or Limits()
+
+    async def restore(self) -> None:
+        """Bring every stored deployment back (after a restart of the server)."""
+        for dep in await self.store.list_deployments():
+            try:
+                await self.runtime.apply(dep)
+            except Exception:  # one broken deployment must not keep the others down
+                log.exception("could not restore deployment %s", dep.deployment_id)
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def put_endpoint(
+        self, task_type: str | None, inference_id: str, body: Any, timeout: float
+    ) -> dict[str, Any]:
+        task_type = task_type or await self._task_from_body(body)
+        spec = parse_endpoint(task_type, inference_id, body)
+        if await self.store.get_endpoint(inference_id) is not None:
+            raise ResourceAlreadyExists(f"Inference endpoint [{inference_id}] already exists")
+        settings = spec.settings
+        existing = await self.store.get_deployment(spec.deployment_id) if settings.deployment_id else None
+        if existing is not None:
+            dep, model = self._reuse(spec, existing)
+            created = None
+        else:
+            if settings.model_id is None:
+                raise ResourceNotFound(
+                    f"Could not find deployment [{spec.deployment_id}]; start it with "
+                    f"POST _ml/trained_models/<model_id>/deployment/_start?deployment_id={spec.deployment_id} "
+                    "or give [service_settings.model_id]"
+                )
+            model = self._model_for(spec)
+            dep = self._new_deployment(spec, model)
+            created = dep
+        endpoint = Endpoint(
+            inference_id=inference_id,
+            task_type=task_type,
+            deployment_id=dep.deployment_id,
+            body=spec.body.model_dump(exclude_none=True),
+        )
+        await self.store.create(endpoint, created)
+        if created is not None:
+            await self.runtime.apply(created)
+            status = await self.runtime.wait(created.deployment_id, timeout)
+            if status.state == "failed":
+                await self._forget(endpoint, created)
+                raise ModelFailure(
+                    f"Could not start deployment [{created.deployment_id}] of model [{created.model_id}]: "
+                    f"{status.failure}"
+                )
+            if status.state == "starting":
+                raise RequestTimeout(
+                    f"Timed out after [{timeout:g}s] waiting for model deployment [{created.deployment_id}] to "
+                    "start. The endpoint was created and the deployment keeps starting: use "
+                    f"GET _ml/trained_models/{created.deployment_id}/_stats to track it."
+                )
+        return render_endpoint(endpoint, dep, model)
+
+    async def _task_from_body(self, body: Any) -> str:
+        """``PUT _inference/{id}`` without a task type: take it from the model or deployment."""
+        ss = body.get("service_settings") if isinstance(body, dict) else None
+        if isinstance(ss, dict):
+            model_id, deployment_id = ss.get("model_id"), ss.get("deployment_id")
+            if isinstance(model_id, str) and (info := self.catalog.get(model_id)) is not None:
+                return info.task_type
+            if isinstance(deployment_id, str) and (dep := await self.store.get_deployment(deployment_id)):
+                return dep.task_type
+        raise BadRequest("task_type is required: use PUT _inference/{task_type}/{inference_id}")
+
+    def _model_for(self, spec: EndpointSpec) -> ModelInfo:
+        model_id = spec.settings.model_id
+        assert model_id is not None
+        model = self.catalog.resolve(model_id)
+        if model.task_type != spec.task_type:
+            raise BadRequest(
+                f"Model [{model_id}] serves the [{model.task_type}] task and cannot be used for the "
+                f"[{spec.task_type}] task; use PUT _inference/{model.task_type}/{spec.inference_id}"
+            )
+        return model
+
+    def _new_deployment(self, spec: EndpointSpec, model: ModelInfo) -> Deployment:
+        s = spec.settings
+        errors = []
+        if s.num_threads is None:
+            errors.append("[service_settings] does not contain the required setting [num_threads]")
+        if s.num_allocations is None and s.adaptive_allocations is None:
+            errors.append(
+                "[service_settings] does not contain one of the required settings "
+                "[num_allocations, adaptive_allocations]"
+            )
+        if errors:
+            raise ValidationFailed(errors)
+        return Deployment(
+            deployment_id=spec.deployment_id,
+            model_id=model.model_id,
+            task_type=model.task_type,
+            num_threads=s.num_threads or 1,
+            num_allocations=None if s.adaptive else s.num_allocations,
+            adaptive=s.adaptive_allocations.model_dump(exclude_none=True) if s.adaptive_allocations else None,
+            owner=spec.inference_id,
+            queue_capacity=self.limits.queue_capacity,
+        )
+
+    def _reuse(self, spec: EndpointSpec, dep: Deployment) -> tuple[Deployment, ModelInfo | None]:
+        s = spec.settings
+        errors = []
+        if s.model_id is not None and s.model_id != dep.model_id:
+            errors.append(
+                f"[model_id] [{s.model_id}] does not match the model [{dep.model_id}] of the existing "
+                f"deployment [{dep.deployment_id}]"
+            )
+        if s.num_threads is not None and s.num_threads != dep.num_threads:
+            errors.append(
+                f"[num_threads] [{s.num_threads}] does not match the existing deployment "
+                f"[{dep.deployment_id}] ([{dep.num_threads}])"
+            )
+        if s.num_allocations is not None and s.num_allocations != dep.num_allocations:
+            errors.append(
+                f"[num_allocations] [{s.num_allocations}] does not match the existing deployment "
+                f"[{dep.deployment_id}] ([{dep.num_allocations}]); change it with the update API"
+            )
+        if errors:
+            raise ValidationFailed(errors)
+        if dep.task_type != spec.task_type:
+            raise BadRequest(
+                f"Deployment [{dep.deployment_id}] serves the [{dep.task_type}] task and cannot be used for the "
+                f"[{spec.task_type}] task"
+            )
+        return dep, self.catalog.get(dep.model_id)
+
+    async def _forget(self, endpoint: Endpoint, created: Deployment) -> None:
+        await self.store.delete_endpoint(endpoint.inference_id, with_deployment=True)
+        await self.runtime.remove(created.deployment_id)
+
+    async def get_endpoints(self, task_type: str | None = None, inference_id: str | None = None) -> list[dict[str, Any]]:
+        if task_type is not None:
+            validate_task_type(task_type)
+        if inference_id is not None and inference_id not in ("_all", "*"):
+            ep = await self.store.get_endpoint(inference_id)
+            if ep is None or (task_type is not None and ep.task_type != task_type):
+                raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+            endpoints = [ep]
+        else:
+            endpoints = [e for e in await self.store.list_endpoints() if task_type in (None, e.task_type)]
+        out = []
+        for ep in endpoints:
+            dep = await self.store.get_deployment(ep.deployment_id)
+            out.append(render_endpoint(ep, dep, self.catalog.get(dep.model_id) if dep else None))
+        return out
+
+    async def delete_endpoint(
+        self, inference_id: str, task_type: str | None = None, *, force: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        if task_type is not None and task_type != ep.task_type:
+            raise BadRequest(
+                f"Requested task type [{task_type}] does not match the inference endpoint's task type "
+                f"[{ep.task_type}]"
+            )
+        dep = await self.store.get_deployment(ep.deployment_id)
+        owns = dep is not None and dep.owner == inference_id
+        users = [
+            e.inference_id for e in await self.store.list_endpoints()
+            if e.deployment_id == ep.deployment_id and e.inference_id != inference_id
+        ]
+        if owns and users and not force:
+            raise Conflict(
+                f"Inference endpoint [{inference_id}] owns deployment [{ep.deployment_id}], which inference "
+                f"endpoints [{', '.join(users)}] also use; delete them first or use ?force=true"
+            )
+        if dry_run:
+            return {"acknowledged": False, "pipelines": [], "indexes": []}
+        await self.store.delete_endpoint(inference_id, with_deployment=owns)
+        if owns:
+            await self.runtime.remove(ep.deployment_id)
+        return {"acknowledged": True, "pipelines": []}
+
+    # -- inference ------------------------------------------------------------------------------
+
+    async def infer(
+        self, inference_id: str, task_type: str | None, body: Any, timeout: float
+    ) -> tuple[int, bytes, dict[str, str]]:
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        if task_type is not None and task_type != ep.task_type:
+            validate_task_type(task_type)
+            raise BadRequest(
+                f"Incompatible task_type, the requested type [{task_type}] does not match the inference "
+                f"endpoint type [{ep.task_type}]"
+            )
+        payload = self.worker_request(ep, body)
+        if self.runtime.status(ep.deployment_id) is None:
+            raise ResourceNotFound(
+                f"Inference endpoint [{inference_id}] refers to deployment [{ep.deployment_id}], which no longer "
+                "exists"
+            )
+        return await self.runtime.infer(ep.deployment_id, payload, timeout)
+
+    def worker_request(self, ep: Endpoint, body: Any) -> bytes:
+        """Validate an inference body and merge it with the endpoint's task settings."""
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        task = ep.task_type
+        allowed = {"input", "input_type", "task_settings", "timeout"}
+        if task == "rerank":
+            allowed |= {"query", "return_documents", "top_n"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise BadRequest(f"[{task}] inference request contains unknown fields [{', '.join(unknown)}]")
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+            raise ValidationFailed(["[input] must be a string or an array of strings"])
+        if not inputs:
+            raise ValidationFailed(["[input] must not be empty"])
+        if len(inputs) > self.limits.max_inputs:
+            raise ValidationFailed(
+                [f"[input] has {len(inputs)} entries; at most {self.limits.max_inputs} are allowed per request"]
+            )
+        too_long = [i for i, x in enumerate(inputs) if len(x) > self.limits.max_input_chars]
+        if too_long:
+            raise ValidationFailed(
+                [f"[input] entry [{too_long[0]}] is longer than {self.limits.max_input_chars} characters"]
+            )
+        stored = parse_endpoint(task, ep.inference_id, ep.body).task_settings()
+        request_ts = parse_task_settings(task, body.get("task_settings")).model_dump(exclude_none=True)
+        merged = {**stored, **request_ts}
+        out: dict[str, Any] = {"input": inputs}
+        if task == "rerank":
+            query = body.get("query")
+            if not isinstance(query, str):
+                raise ValidationFailed(["[query] is required for the [rerank] task and must be a string"])
+            if len(query) > self.limits.max_input_chars:
+                raise ValidationFailed([f"[query] is longer than {self.limits.max_input_chars} characters"])
+            out["query"] = query
+            for name, kind in (("return_documents", bool), ("top_n", int)):
+                if name in body:
+                    value = body[name]
+                    if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+                        raise ValidationFailed([f"[{name}] must be a {'boolean' if kind is bool else 'positive integer'}"])
+                    merged[name] = value
+            out["return_documents"] = merged.get("return_documents", True)
+            if merged.get("top_n") is not None:
+                out["top_n"] = merged["top_n"]
+            if "input_type" in body:
+                raise BadRequest("[input_type] is not applicable to the [rerank] task")
+        else:
+            input_type = body.get("input_type", merged.get("input_type"))
+            if input_type is not None:
+                out["input_type"] = _input_type(input_type)
+        return orjson.dumps(out)
+
+    # -- trained models -------------------------------------------------------------------------
+
+    async def trained_model_stats(self, model_ids: str | None) -> dict[str, Any]:
+        patterns = [p for p in (model_ids or "_all").split(",") if p] or ["_all"]
+        patterns = ["*" if p == "_all" else p for p in patterns]
+        deployments = [d for d in await self.store.list_deployments() if _matches(patterns, d.model_id, d.deployment_id)]
+        models = {m.model_id: m for m in self.catalog.list()}
+        deployed = {d.model_id for d in deployments}
+        stats = []
+        for dep in deployments:
+            stats.append(await self._deployment_entry(dep, models.get(dep.model_id)))
+        for model_id, model in sorted(models.items()):
+            if model_id not in deployed and _matches(patterns, model_id):
+                stats.append(self._model_entry(model))
+        explicit = [p for p in patterns if "*" not in p]
+        found = {s["model_id"] for s in stats} | {s.get("deployment_stats", {}).get("deployment_id") for s in stats}
+        missing = [p for p in explicit if p not in found]
+        if missing:
+            raise ResourceNotFound(f"Could not find trained model [{','.join(missing)}]")
+        return {"count": len(stats), "trained_model_stats": stats}
+
+    def _model_entry(self, model: ModelInfo | None, model_id: str = "") -> dict[str, Any]:
+        size = model.size_bytes if model else 0
+        return {
+            "model_id": model.model_id if model else model_id,
+            "model_size_stats": {"model_size_bytes": size, "required_native_memory_bytes": size * 2},
+            "pipeline_count": 0,
+            "inference_stats": {
+                "failure_count": 0, "inference_count": 0, "cache_miss_count": 0, "missing_all_fields_count": 0,
+                "timestamp": int(time.time() * 1000),
+            },
+        }
+
+    async def _deployment_entry(self, dep: Deployment, model: ModelInfo | None) -> dict[str, Any]:
+        entry = self._model_entry(model, dep.model_id)
+        status = self.runtime.status(dep.deployment_id) or DeploymentStatus(dep.deployment_id, target=0)
+        nodes = await self.runtime.node_stats(dep.deployment_id)
+        entry["deployment_stats"] = deployment_stats(dep, status, nodes)
+        entry["inference_stats"]["inference_count"] = entry["deployment_stats"]["inference_count"]
+        return entry
+
+
+def _input_type(value: Any) -> str:
+    if isinstance(value, str):
+        upper = value.upper()
+        upper = {"INTERNAL_SEARCH": "SEARCH", "INTERNAL_INGEST": "INGEST"}.get(upper, upper)
+        if upper in INPUT_TYPES:
+            return upper
+    raise ValidationFailed(
+        [f"[input_type] has an invalid value [{value}]; expected one of [{', '.join(INPUT_TYPES)}]"]
+    )
+
+
+def deployment_stats(dep: Deployment, status: DeploymentStatus, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Elasticsearch's ``deployment_stats`` object for one deployment."""
+    node_entries = []
+    for n in nodes:
+        routing = {"routing_state": n.get("state", "starting")}
+        if n.get("failure"):
+            routing["reason"] = n["failure"]
+        node_entries.append(
+            {
+                "node": {f"allocation-{n['allocation_id']}": {"name": f"{dep.deployment_id}-{n['allocation_id']}",
+                                                           "roles": ["ml"], "attributes": {}}},
+                "routing_state": routing,
+                "inference_count": n.get("inference_count", 0),
+                "average_inference_time_ms": n.get("average_inference_time_ms", 0.0),
+                "average_inference_time_ms_excluding_cache_hits": n.get("average_inference_time_ms", 0.0),
+                "inference_cache_hit_count": 0,
+                "number_of_pending_requests": n.get("number_of_pending_requests", 0),
+                "error_count": n.get("error_count", 0),
+                "rejected_execution_count": n.get("rejected_execution_count", 0),
+                "timeout_count": 0,
+                "last_access": n.get("last_access"),
+                "number_of_allocations": 1,
+                "threads_per_allocation": dep.num_threads,
+                "start_time": n.get("start_time"),
+                "restart_count": n.get("restarts", 0),
+            }
+        )
+    out: dict[str, Any] = {
+        "deployment_id": dep.deployment_id,
+        "model_id": dep.model_id,
+        "threads_per_allocation": dep.num_threads,
+        "number_of_allocations": status.target,
+        "queue_capacity": dep.queue_capacity,
+        "state": status.state,
+        "allocation_status": {
+            "allocation_count": status.ready,
+            "target_allocation_count": status.target,
+            "state": status.allocation_state,
+        },
+        "cache_size": "0b",
+        "priority": dep.priority,
+        "start_time": int((status.started_at or dep.created) * 1000),
+        "inference_count": sum(n.get("inference_count", 0) for n in nodes),
+        "peak_throughput_per_minute": 0,
+        "nodes": node_entries,
+    }
+    if dep.adaptive:
+        out["adaptive_allocations"] = dep.adaptive
+    if status.failure:
+        out["reason"] = status.failure
+    if status.download:
+        out["model_download"] = status.download
+    return out

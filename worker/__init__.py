@@ -1,0 +1,1 @@
+"""Infernetes model server: one process = one allocation of one model."""

@@ -1,0 +1,221 @@
+"""The worker's HTTP app: ``POST /infer``, health, readiness, stats and Prometheus metrics.
+
+The model loads on a background thread after the server starts listening, so ``/healthz`` answers
+at once and ``/readyz`` turns 200 only when the model is loaded and warmed up. A request whose
+client disconnects is dropped before the model runs. On SIGTERM uvicorn stops accepting and
+lets accepted requests finish (graceful scale-down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..operator.errors import error_body
+from .batcher import Batcher, QueueFull
+from .config import WorkerSettings
+from .engine import Engine, InferRequest, Job, engine_for
+from .metrics import WorkerMetrics
+from .modelstore import MANIFEST, ModelInfo
+
+log = logging.getLogger("infernetes.worker")
+JSON = "application/json"
+
+
+def _error(status: int, error_type: str, reason: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(error_body(status, error_type, reason)), status, headers=headers, media_type=JSON)
+
+
+class WorkerState:
+    """What the worker knows about itself; built once per app."""
+
+    def __init__(self, settings: WorkerSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics(settings.deployment_id, settings.allocation_id)
+        self.metrics.threads.set(settings.num_threads)
+        self.info = engine.info if engine else ModelInfo.from_manifest(
+            settings.model_dir, orjson.loads((settings.model_dir / MANIFEST).read_bytes())
+        )
+        self.engine = engine or engine_for(self.info, settings.num_threads)
+        self.batcher = Batcher(
+            self.engine,
+            self.metrics,
+            capacity=settings.queue_capacity,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+        )
+        self.state = "loading"
+        self.failure: str | None = None
+        self.loaded = threading.Event()
+        self.started_at = time.time()
+        self.ready_at: float | None = None
+
+    def load(self) -> None:
+        try:
+            if self.engine.model is None:
+                self.engine.load()
+            self.engine.warmup()
+            self.batcher.start()
+            self.state = "started"
+            self.ready_at = time.time()
+            self.metrics.ready.set(1)
+        except Exception as exc:  # reported through /readyz and the termination log
+            log.exception("model failed to load")
+            self.state = "failed"
+            self.failure = f"model [{self.info.model_id}] failed to load: {type(exc).__name__}: {exc}"
+        finally:
+            self.loaded.set()
+
+    def stats(self) -> dict[str, Any]:
+        b = self.batcher
+        count = b.inference_count
+        return {
+            "allocation_id": self.settings.allocation_id,
+            "deployment_id": self.settings.deployment_id,
+            "model_id": self.info.model_id,
+            "state": self.state,
+            "failure": self.failure,
+            "inference_count": count,
+            "average_inference_time_ms": round(1000 * b.inference_time / count, 3) if count else 0.0,
+            "number_of_pending_requests": b.pending,
+            "error_count": b.error_count,
+            "rejected_execution_count": b.rejected_count,
+            "last_access": int(b.last_access * 1000) if b.last_access else None,
+            "start_time": int(self.started_at * 1000),
+            "threads_per_allocation": self.settings.num_threads,
+            "queue_capacity": self.settings.queue_capacity,
+        }
+
+
+def _parse(body: bytes, state: WorkerState) -> InferRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"Failed to parse request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("request body must be a JSON object")
+    inputs = data.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+        raise ValueError("[input] must be a non-empty string or array of strings")
+    if len(inputs) > state.settings.max_inputs:
+        raise ValueError(f"[input] has {len(inputs)} entries; at most {state.settings.max_inputs} are allowed")
+    query = data.get("query")
+    if state.info.task_type == "rerank" and not isinstance(query, str):
+        raise ValueError("[query] is required for the [rerank] task")
+    top_n = data.get("top_n")
+    return InferRequest(
+        inputs=inputs,
+        input_type=data.get("input_type"),
+        query=query,
+        return_documents=data.get("return_documents", True) is not False,
+        top_n=top_n if isinstance(top_n, int) and top_n > 0 else None,
+    )
+
+
+def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starlette:
+    state = WorkerState(settings, engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loader = threading.Thread(target=_load_and_report, name="load", daemon=True)
+        loader.start()
+        yield
+        state.state = "stopping"
+        state.metrics.ready.set(0)
+        state.batcher.stop()
+
+    def _load_and_report() -> None:
+        state.load()
+        if state.failure and settings.termination_log:
+            with contextlib.suppress(OSError):
+                settings.termination_log.write_text(state.failure)
+
+    async def infer(request: Request) -> Response:
+        if state.state != "started":
+            reason = state.failure or f"model [{state.info.model_id}] is {state.state}"
+            return _error(503, "status_exception", reason, {"Retry-After": "1"})
+        t0 = time.perf_counter()
+        try:
+            req = _parse(await request.body(), state)
+        except ValueError as exc:
+            return _error(400, "status_exception", str(exc))
+        loop = asyncio.get_running_loop()
+        job = Job(request=req, rows=state.engine.rows(req), loop=loop, future=loop.create_future())
+        watcher = asyncio.create_task(_watch_disconnect(request, job, state))
+        try:
+            await state.batcher.submit(job)
+        except QueueFull:
+            return _error(
+                429,
+                "es_rejected_execution_exception",
+                f"inference process queue is full. Unable to execute command "
+                f"(queue_capacity [{settings.queue_capacity}], pending [{state.batcher.pending}])",
+                {"Retry-After": "1"},
+            )
+        except Exception as exc:
+            return _error(500, "status_exception", f"inference failed: {type(exc).__name__}: {exc}")
+        finally:
+            watcher.cancel()
+        if job.cancelled:
+            return Response(status_code=499)
+        t1 = time.perf_counter()
+        payload = state.engine.render(job)
+        state.metrics.postprocess_seconds.observe(time.perf_counter() - t1)
+        state.metrics.requests.inc()
+        state.metrics.request_seconds.observe(time.perf_counter() - t0)
+        return Response(payload, media_type=JSON)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON)
+
+    async def readyz(request: Request) -> Response:
+        body = orjson.dumps({"state": state.state, "failure": state.failure})
+        return Response(body, 200 if state.state == "started" else 503, media_type=JSON)
+
+    async def stats(request: Request) -> Response:
+        return Response(orjson.dumps(state.stats()), media_type=JSON)
+
+    async def info(request: Request) -> Response:
+        return Response(orjson.dumps(state.info.manifest()), media_type=JSON)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(
+        routes=[
+            Route("/infer", infer, methods=["POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/stats", stats),
+            Route("/info", info),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.worker = state
+    return app
+
+
+async def _watch_disconnect(request: Request, job: Job, state: WorkerState) -> None:
+    """Mark the job cancelled when the client disconnects, so the model never runs it."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            if not job.future.done():
+                state.batcher.cancel(job)
+                state.metrics.cancelled.inc()
+            return

@@ -1,0 +1,206 @@
+"""Dynamic batching with explicit back-pressure.
+
+Requests reserve queue capacity first (429 when the queue is full, before any work is done),
+are tokenised on a tokeniser thread, and their segments wait in one queue. The model thread
+takes whatever is queued whenever it becomes free, up to a padded-token budget and a row cap,
+so a busy worker runs large batches and an idle one answers a single request at once. Segments
+whose client has gone are dropped before the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .engine import Engine, Job, Segment, collate
+from .metrics import WorkerMetrics
+
+log = logging.getLogger("infernetes.worker")
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: WorkerMetrics,
+        *,
+        capacity: int,
+        max_batch_tokens: int,
+        max_batch_size: int,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.capacity = capacity
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self._queue: collections.deque[Segment] = collections.deque()
+        self._cond = threading.Condition()
+        self._reserved = 0  # rows accepted and not yet answered
+        self._queued_rows = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        # Statistics for Elasticsearch's _stats (per allocation).
+        self.inference_count = 0
+        self.inference_time = 0.0
+        self.error_count = 0
+        self.rejected_count = 0
+        self.last_access: float | None = None
+        self.started_at = time.time()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending(self) -> int:
+        return self._reserved
+
+    # -- request side (event loop) ----------------------------------------------------------------
+
+    async def submit(self, job: Job) -> None:
+        """Queue a job and wait for all its rows; raises QueueFull when over capacity."""
+        n = len(job.rows)
+        with self._cond:
+            if self._reserved + n > self.capacity and self._reserved > 0:
+                self.rejected_count += 1
+                self.metrics.rejected.inc()
+                raise QueueFull()
+            self._reserved += n
+        self.metrics.in_flight.inc()
+        try:
+            t0 = time.perf_counter()
+            segments = await job.loop.run_in_executor(
+                self._tokenizer, self.engine.prepare, job, self.max_batch_tokens, self.max_batch_size
+            )
+            self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
+            with self._cond:
+                self._queue.extend(segments)
+                self._queued_rows += n
+                self.metrics.queue_size.set(self._queued_rows)
+                self._cond.notify()
+            await job.future
+        finally:
+            with self._cond:
+                self._reserved -= n
+            self.metrics.in_flight.dec()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: its queued segments will be skipped."""
+        job.cancelled = True
+
+    # -- model side (model thread) ----------------------------------------------------------------
+
+    def _take(self) -> list[Segment] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch = [first]
+            rows, tokens = len(first.rows), first.tokens
+            width = first.tokens // max(1, len(first.rows))
+            skipped: list[Segment] = []
+            while self._queue:
+                nxt = self._queue[0]
+                if nxt.key != first.key:
+                    skipped.append(self._queue.popleft())
+                    continue
+                nxt_width = nxt.tokens // max(1, len(nxt.rows))
+                new_width = max(width, nxt_width)
+                new_rows = rows + len(nxt.rows)
+                if new_rows > self.max_batch_size or new_width * new_rows > max(self.max_batch_tokens, tokens):
+                    break
+                batch.append(self._queue.popleft())
+                rows, width, tokens = new_rows, new_width, new_width * new_rows
+            self._queue.extendleft(reversed(skipped))
+            return batch
+
+    def _run(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.engine.num_threads)
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            live = [s for s in batch if not s.job.cancelled]
+            dropped = [s for s in batch if s.job.cancelled]
+            self._release(batch)
+            for seg in dropped:
+                self._finish_segment(seg, None)
+            if not live:
+                continue
+            now = time.perf_counter()
+            for seg in live:
+                if seg.job.started is None:
+                    seg.job.started = now
+                    self.metrics.queue_seconds.observe(now - seg.job.arrived)
+            try:
+                features = collate(live, self.engine.pad_id)
+                t0 = time.perf_counter()
+                output = self.engine.forward(features)
+                elapsed = time.perf_counter() - t0
+                self.metrics.inference_seconds.observe(elapsed)
+                n_rows = sum(len(s.rows) for s in live)
+                self.metrics.batch_size.observe(n_rows)
+                self.metrics.batch_tokens.observe(features["input_ids"].numel())
+                self.metrics.inputs.inc(n_rows)
+                offset = 0
+                for seg in live:
+                    k = len(seg.rows)
+                    self.engine.store(seg, output[offset : offset + k])
+                    offset += k
+                    self._finish_segment(seg, None)
+                self.inference_time += elapsed
+            except Exception as exc:  # a model error fails its requests, never the worker
+                log.exception("inference failed")
+                self.error_count += 1
+                self.metrics.errors.inc()
+                for seg in live:
+                    self._finish_segment(seg, exc)
+
+    def _release(self, batch: list[Segment]) -> None:
+        with self._cond:
+            self._queued_rows -= sum(len(s.rows) for s in batch)
+            self.metrics.queue_size.set(self._queued_rows)
+
+    def _finish_segment(self, seg: Segment, error: BaseException | None) -> None:
+        job = seg.job
+        job.segments_left -= 1
+        if error is None and job.segments_left > 0:
+            return
+        if job.future is None:
+            return
+        if error is None and not job.cancelled:
+            self.inference_count += 1
+            self.last_access = time.time()
+        job.loop.call_soon_threadsafe(_resolve, job.future, error)
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,63 @@
+"""Settings of one worker process (one allocation), as one frozen object.
+
+Every setting can come from the command line (``infernetes worker --num-threads 2``) or from
+the environment (``INFERNETES_WORKER_NUM_THREADS=2``), which is how the operator configures pods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "INFERNETES_WORKER_"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    model_dir: Path
+    deployment_id: str = "default"
+    allocation_id: str = "0"
+    num_threads: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # An inherited listening socket (the local runtime keeps the port stable across restarts).
+    fd: int | None = None
+    # Inputs (rows) waiting or running before new requests get 429 (Elasticsearch's queue_capacity).
+    queue_capacity: int = 1024
+    # Batches are cut when their padded token count (rows x longest row) would pass this.
+    max_batch_tokens: int = 8192
+    max_batch_size: int = 128
+    max_inputs: int = 1024
+    # Seconds a terminating worker keeps serving the requests it has already accepted.
+    drain_timeout: float = 30.0
+    # Where a fatal start-up error is written (Kubernetes shows it as the container's termination message).
+    termination_log: Path | None = None
+    # Exit when this process is gone (the embedded runtime that started the worker).
+    parent_pid: int | None = None
+    log_level: str = "warning"
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> WorkerSettings:
+        parser = argparse.ArgumentParser(prog="infernetes worker", description="Serve one allocation of one model.")
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            env = os.environ.get(ENV_PREFIX + f.name.upper())
+            kind = _type_of(f.type)
+            default = kind(env) if env is not None else (None if f.name == "model_dir" else f.default)
+            parser.add_argument(flag, type=kind, default=default, required=f.name == "model_dir" and env is None,
+                                help=f"(env {ENV_PREFIX}{f.name.upper()}; default {default})")
+        args = parser.parse_args(argv)
+        return cls(**vars(args))
+
+
+def _type_of(annotation: object) -> type:
+    text = str(annotation)
+    if "Path" in text:
+        return Path
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str

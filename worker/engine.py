@@ -1,0 +1,322 @@
+"""Model engines: pre (tokenise), core (forward under ``inference_mode``), post (shape the answer).
+
+One engine per task type, all built on sentence-transformers' ``preprocess`` + ``forward`` so
+that results equal ``encode`` / ``predict`` in-process. The batcher calls :meth:`Engine.prepare`
+on the tokeniser thread, :meth:`Engine.forward` on the model thread, and the HTTP handler calls
+:meth:`Engine.render` when every row of a request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .modelstore import ModelInfo
+
+# Keys of the feature dict that are per-row tensors [rows, seq]; anything else is batch-wide.
+_PAD_KEYS_ZERO = ("attention_mask", "token_type_ids")
+
+
+@dataclass
+class InferRequest:
+    inputs: list[str]
+    input_type: str | None = None
+    query: str | None = None
+    return_documents: bool = True
+    top_n: int | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """One HTTP request inside the worker; rows are texts (or query/document pairs)."""
+
+    request: InferRequest
+    rows: list[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    arrived: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    outputs: list[Any] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    segments_left: int = 0
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.outputs = [None] * len(self.rows)
+        self.truncated = [False] * len(self.rows)
+
+
+@dataclass(eq=False)
+class Segment:
+    """Rows of one job that go into one batch, already tokenised."""
+
+    job: Job
+    rows: list[int]
+    features: dict[str, Any]
+    tokens: int  # padded: rows x sequence length
+    key: Any = None  # only segments with equal keys share a batch
+
+
+def _slice_features(features: dict[str, Any], idx: list[int], length: int) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    index = torch.tensor(idx, dtype=torch.long)
+    for k, v in features.items():
+        if isinstance(v, torch.Tensor) and v.dim() == 2:
+            out[k] = v.index_select(0, index)[:, :length]
+        else:
+            out[k] = v
+    return out
+
+
+def collate(segments: list[Segment], pad_id: int) -> dict[str, Any]:
+    """Pad the segments' tensors to the longest one and stack them into one batch."""
+    import torch
+
+    if len(segments) == 1:
+        return segments[0].features
+    width = max(s.features["input_ids"].shape[1] for s in segments)
+    out: dict[str, Any] = {}
+    for k, v in segments[0].features.items():
+        if isinstance(v, torch.Tensor) and v.dim() == 2:
+            parts = []
+            fill = 0 if k in _PAD_KEYS_ZERO else pad_id
+            for s in segments:
+                t = s.features[k]
+                if t.shape[1] < width:
+                    t = torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+                parts.append(t)
+            out[k] = torch.cat(parts, 0)
+        else:
+            out[k] = v
+    return out
+
+
+class Engine:
+    """Shared machinery; subclasses say how to load the model and shape rows and outputs."""
+
+    task_type: str = ""
+    output_key: str = ""
+
+    def __init__(self, info: ModelInfo, num_threads: int) -> None:
+        self.info = info
+        self.num_threads = num_threads
+        self.model: Any = None
+        self.max_seq_length = info.max_seq_length or 512
+        self.pad_id = 0
+        self.group_by_prompt = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        import torch
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        torch.set_num_threads(self.num_threads)
+        self.model = self._load()
+        self.model.eval()
+        tokenizer = self.tokenizer
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.max_seq_length = self._model_max_length() or self.max_seq_length
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    def _model_max_length(self) -> int | None:
+        return getattr(self.model, "max_seq_length", None)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def warmup(self) -> None:
+        """Run the model once so the first request does not pay for lazy initialisation."""
+        request = InferRequest(inputs=["warm up"], query="warm up")
+        job = Job(request=request, rows=self.rows(request), loop=None, future=None)  # type: ignore[arg-type]
+        for seg in self.prepare(job, 1 << 30, 1 << 30):
+            self.store(seg, self.forward(seg.features))
+
+    # -- pre ----------------------------------------------------------------------------------
+
+    def rows(self, request: InferRequest) -> list[Any]:
+        return list(request.inputs)
+
+    def prompt(self, request: InferRequest) -> str | None:
+        return self.info.prompt_for(request.input_type)
+
+    def prepare(self, job: Job, max_tokens: int, max_rows: int) -> list[Segment]:
+        """Tokenise a job's rows at once, then cut them, longest first, into segments within budget."""
+        prompt = self.prompt(job.request)
+        kwargs = {"prompt": prompt} if prompt else {}
+        features = self.model.preprocess(job.rows, **kwargs)
+        mask = features["attention_mask"]
+        lengths = mask.sum(1).tolist()
+        if self.flags_truncation:
+            full = self.max_seq_length
+            for i, n in enumerate(lengths):
+                if n >= full:
+                    job.truncated[i] = self._exceeds(job.rows[i], prompt)
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        key = prompt if self.group_by_prompt else None
+        segments: list[Segment] = []
+        start = 0
+        while start < len(order):
+            width = max(1, lengths[order[start]])
+            rows_fit = max(1, min(max_rows, max_tokens // width))
+            idx = order[start : start + rows_fit]
+            segments.append(Segment(job, idx, _slice_features(features, idx, width), width * len(idx), key))
+            start += rows_fit
+        job.segments_left = len(segments)
+        return segments
+
+    flags_truncation = False
+
+    def _exceeds(self, row: Any, prompt: str | None) -> bool:
+        text = (prompt or "") + row if isinstance(row, str) else row
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]) > self.max_seq_length
+
+    # -- core ---------------------------------------------------------------------------------
+
+    def forward(self, features: dict[str, Any]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(features)[self.output_key]
+
+    def store(self, segment: Segment, output: Any) -> None:
+        """Scatter a batch's output rows back into their job (model thread)."""
+        out = self.post(output)
+        for i, row in enumerate(segment.rows):
+            segment.job.outputs[row] = out[i]
+
+    def post(self, output: Any) -> Any:
+        return output.float().numpy()
+
+    # -- post ---------------------------------------------------------------------------------
+
+    def render(self, job: Job) -> bytes:
+        raise NotImplementedError
+
+
+class TextEmbeddingEngine(Engine):
+    task_type = "text_embedding"
+    output_key = "sentence_embedding"
+
+    def _load(self) -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(
+            str(self.info.path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True}
+        )
+        # A pooling layer that excludes the prompt needs each batch to share one prompt.
+        self.group_by_prompt = any(getattr(m, "include_prompt", True) is False for m in model)
+        return model
+
+    def render(self, job: Job) -> bytes:
+        return orjson.dumps(
+            {"text_embedding": [{"embedding": v} for v in job.outputs]}, option=orjson.OPT_SERIALIZE_NUMPY
+        )
+
+
+class SparseEmbeddingEngine(Engine):
+    task_type = "sparse_embedding"
+    output_key = "sentence_embedding"
+    flags_truncation = True
+
+    def _load(self) -> Any:
+        from sentence_transformers import SparseEncoder
+
+        model = SparseEncoder(
+            str(self.info.path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True}
+        )
+        vocab = model.tokenizer.get_vocab()
+        self.id_to_token = [""] * (max(vocab.values()) + 1)
+        for token, idx in vocab.items():
+            self.id_to_token[idx] = token
+        return model
+
+    def post(self, output: Any) -> Any:
+        # Keep only the non-zero weights: (indices, values) per row, found with one nonzero() call.
+        dense = output.float()
+        rows, cols = dense.nonzero(as_tuple=True)
+        values = dense[rows, cols].numpy()
+        rows_np, cols_np = rows.numpy(), cols.numpy()
+        bounds = np.searchsorted(rows_np, np.arange(dense.shape[0] + 1))
+        return [(cols_np[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]]) for i in range(dense.shape[0])]
+
+    def render(self, job: Job) -> bytes:
+        vocab = self.id_to_token
+        results = []
+        for (cols, values), truncated in zip(job.outputs, job.truncated):
+            order = np.argsort(-values, kind="stable")
+            # numpy float32 scalars: orjson writes their shortest float32 form.
+            embedding = {vocab[c]: v for c, v in zip(cols[order].tolist(), values[order])}
+            results.append({"is_truncated": truncated, "embedding": embedding})
+        return orjson.dumps({"sparse_embedding": results}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class RerankEngine(Engine):
+    task_type = "rerank"
+    output_key = "scores"
+
+    def _load(self) -> Any:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(
+            str(self.info.path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True}
+        )
+        self.activation = model.activation_fn
+        return model
+
+    def _model_max_length(self) -> int | None:
+        return getattr(self.model, "max_length", None)
+
+    def rows(self, request: InferRequest) -> list[Any]:
+        return [(request.query or "", doc) for doc in request.inputs]
+
+    def prompt(self, request: InferRequest) -> str | None:
+        return None
+
+    def post(self, output: Any) -> Any:
+        scores = output.float()
+        if self.activation is not None:
+            scores = self.activation(scores)
+        if scores.dim() > 1:
+            scores = scores[:, 0] if scores.shape[1] == 1 else scores[:, -1]
+        return scores.numpy()
+
+    def render(self, job: Job) -> bytes:
+        req = job.request
+        scores = np.asarray(job.outputs, dtype=np.float64)
+        order = np.argsort(-scores, kind="stable")
+        if req.top_n is not None:
+            order = order[: req.top_n]
+        results = []
+        for i in order.tolist():
+            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+            if req.return_documents:
+                item["text"] = req.inputs[i]
+            results.append(item)
+        return orjson.dumps({"rerank": results})
+
+
+ENGINES: dict[str, type[Engine]] = {
+    e.task_type: e for e in (TextEmbeddingEngine, SparseEmbeddingEngine, RerankEngine)
+}
+
+
+def engine_for(info: ModelInfo, num_threads: int) -> Engine:
+    try:
+        return ENGINES[info.task_type](info, num_threads)
+    except KeyError:
+        raise ValueError(f"model [{info.model_id}] has unsupported task [{info.task_type}]") from None
