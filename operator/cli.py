@@ -49,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .embedded import EmbeddedOptions, build_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     data_dir = _data_dir(args)
     lock = open(data_dir / "serve.lock", "w")  # noqa: SIM115 - held for the life of the process
     try:
@@ -64,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = build_app(
         data_dir,
         EmbeddedOptions(
-            max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level
+            max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level,
+            model_hub=args.model_hub,
         ),
     )
     print(f"Infernetes serving the Elasticsearch inference API on http://{args.host}:{args.port} "
@@ -124,6 +127,39 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..worker.download import DownloadError, Progress, builtin, pull
+
+    store = _store(args)
+    if store.get(args.model_id) is not None and not args.replace:
+        print(f"[{args.model_id}] is already in the store (use --replace to download it again)")
+        return 0
+    if args.repo is None and builtin(args.model_id) is None:
+        print(f"infernetes: [{args.model_id}] is not a built-in model; give --repo ORG/NAME", file=sys.stderr)
+        return 2
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=f"pulling {args.model_id}")
+
+    def show(p: Progress) -> None:
+        if bar.total != p.total_bytes:
+            bar.total = p.total_bytes
+        bar.n = p.downloaded_bytes
+        bar.refresh()
+
+    try:
+        info = pull(store, args.model_id, repo_id=args.repo, revision=args.revision, task_type=args.task,
+                    endpoint=args.hub, progress=Progress(args.model_id, on_change=show))
+    except DownloadError as exc:
+        bar.close()
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 1
+    bar.close()
+    print(f"pulled [{info.model_id}]: task {info.task_type}, {info.kind}, {info.size_bytes / 1e6:.0f} MB "
+          f"from {info.source}")
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
     rows = [(m.model_id, m.task_type, m.kind, str(m.dimensions or "-"), str(m.max_seq_length or "-"),
              f"{m.size_bytes / 1e6:.0f} MB") for m in _store(args).list()]
@@ -158,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-inputs", type=int, default=1024, help="inputs per inference request (default 1024)")
     serve.add_argument("--queue-capacity", type=int, default=1024,
                        help="inputs waiting per allocation before 429 (default 1024)")
+    serve.add_argument("--model-hub", help="where built-in models download from (default: $INFERNETES_MODEL_HUB, "
+                       "$HF_ENDPOINT, else https://huggingface.co)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
@@ -180,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--replace", action="store_true", help="replace a model with the same id")
     _data_dir_arg(imp)
     imp.set_defaults(func=cmd_models_import)
+    pl = msub.add_parser("pull", help="download a built-in model (or any hub repository) into the store")
+    pl.add_argument("model_id", help="e.g. .multilingual-e5-small, .elser_model_2, .rerank-v1")
+    pl.add_argument("--repo", help="hub repository to download (default: the built-in model's)")
+    pl.add_argument("--revision", help="branch, tag or commit (default: the built-in model's, else main)")
+    pl.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"])
+    pl.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
+    pl.add_argument("--replace", action="store_true", help="download again even if the model is in the store")
+    _data_dir_arg(pl)
+    pl.set_defaults(func=cmd_models_pull)
     lst = msub.add_parser("list", help="list the models in the store")
     _data_dir_arg(lst)
     lst.set_defaults(func=cmd_models_list)

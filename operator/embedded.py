@@ -22,6 +22,8 @@ class EmbeddedOptions:
     max_batch_tokens: int = 8192
     max_batch_size: int = 128
     worker_log_level: str = "warning"
+    # Where built-in models are downloaded from (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, huggingface.co).
+    model_hub: str | None = None
     gateway: GatewaySettings = GatewaySettings()
 
 
@@ -29,7 +31,7 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
     options = options or EmbeddedOptions()
     models = ModelStore(data_dir / "models")
     models.clean_staging()
-    catalog = ModelCatalog(models)
+    catalog = ModelCatalog(models, hub=options.model_hub)
     runtime = LocalRuntime(
         LocalSettings(
             data_dir=data_dir,
@@ -38,7 +40,7 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
             max_batch_size=options.max_batch_size,
             worker_log_level=options.worker_log_level,
         ),
-        catalog.resolve,
+        catalog,
     )
     service = InferenceService(
         SqliteStore(data_dir / "infernetes.db"),

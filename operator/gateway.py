@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from .errors import InfernetesError, ParseError, PayloadTooLarge, error_body
+from .errors import BadRequest, InfernetesError, ParseError, PayloadTooLarge, ValidationFailed, error_body
 from .filterpath import filter_path
 from .service import InferenceService
 from .spec import EndpointBody
@@ -91,6 +91,20 @@ def json_response(request: Request, data: Any, status: int = 200, headers: dict[
 def _flag(request: Request, name: str) -> bool:
     value = request.query_params.get(name)
     return value is not None and value.lower() in ("", "true", "1")
+
+
+def _int_param(request: Request, name: str, body: dict[str, Any] | None = None) -> int | None:
+    value: Any = request.query_params.get(name)
+    if value is None and body is not None:
+        value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValidationFailed([f"[{name}] must be an integer, got [{value}]"])
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValidationFailed([f"[{name}] must be an integer, got [{value}]"]) from None
 
 
 def error_response(request: Request | None, exc: InfernetesError) -> Response:
@@ -276,6 +290,21 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         timeout = parse_time(request.query_params.get("timeout"), settings.put_timeout)
         return json_response(request, await service.put_endpoint(task_type, inference_id, body, timeout))
 
+    async def update(request: Request, task_type: str | None, inference_id: str) -> Response:
+        body = await read_json(request, settings.max_body_bytes)
+        return json_response(request, await service.update_endpoint(task_type, inference_id, body))
+
+    # Declared before the PUT routes: /_inference/{id}/_update would otherwise read as {task_type}/{id}.
+    @app.put("/_inference/{task_type}/{inference_id}/_update", tags=["inference"],
+             summary="Update an endpoint's allocations or task settings")
+    async def update_typed(request: Request, task_type: str, inference_id: str) -> Response:
+        return await update(request, task_type, inference_id)
+
+    @app.put("/_inference/{inference_id}/_update", tags=["inference"],
+             summary="Update an endpoint's allocations or task settings")
+    async def update_untyped(request: Request, inference_id: str) -> Response:
+        return await update(request, None, inference_id)
+
     @app.put("/_inference/{task_type}/{inference_id}", tags=["inference"], openapi_extra=_PUT_BODY,
              summary="Create an inference endpoint")
     async def put_typed(request: Request, task_type: str, inference_id: str) -> Response:
@@ -319,7 +348,8 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     async def infer(request: Request, task_type: str | None, inference_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes)
         timeout = parse_time(request.query_params.get("timeout"), settings.inference_timeout)
-        status, content, headers = await service.infer(inference_id, task_type, body, timeout)
+        chunked = _flag(request, "chunked")
+        status, content, headers = await service.infer(inference_id, task_type, body, timeout, chunked=chunked)
         if status == 200 and (_flag(request, "pretty") or request.query_params.get("filter_path")):
             return json_response(request, orjson.loads(content), status, headers)
         # The worker's answer goes out as it came: no parsing, no re-serialising.
@@ -343,5 +373,49 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     @app.get("/_ml/trained_models/{model_id}/_stats", tags=["ml"], summary="Stats of models or deployments")
     async def stats(request: Request, model_id: str) -> Response:
         return json_response(request, await service.trained_model_stats(model_id))
+
+    @app.get("/_ml/trained_models", tags=["ml"], summary="Configurations of the models in the store")
+    async def models_all(request: Request) -> Response:
+        return json_response(request, await service.trained_models(None))
+
+    @app.get("/_ml/trained_models/{model_id}", tags=["ml"], summary="Configuration of models")
+    async def models_one(request: Request, model_id: str) -> Response:
+        return json_response(request, await service.trained_models(model_id))
+
+    @app.post("/_ml/trained_models/{model_id}/deployment/_start", tags=["ml"],
+              summary="Start a deployment of a model (deployment_id defaults to the model id)")
+    async def start(request: Request, model_id: str) -> Response:
+        body = await read_json(request, settings.max_body_bytes, required=False) or {}
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        q = request.query_params
+        result = await service.start_deployment(
+            model_id,
+            deployment_id=q.get("deployment_id") or body.get("deployment_id"),
+            number_of_allocations=_int_param(request, "number_of_allocations", body),
+            threads_per_allocation=_int_param(request, "threads_per_allocation", body) or 1,
+            queue_capacity=_int_param(request, "queue_capacity", body),
+            priority=q.get("priority") or body.get("priority") or "normal",
+            adaptive=body.get("adaptive_allocations"),
+            wait_for=q.get("wait_for") or "started",
+            timeout=parse_time(q.get("timeout"), settings.put_timeout),
+        )
+        return json_response(request, result)
+
+    @app.post("/_ml/trained_models/{model_id}/deployment/_stop", tags=["ml"], summary="Stop a deployment")
+    async def stop(request: Request, model_id: str) -> Response:
+        return json_response(request, await service.stop_deployment(model_id, force=_flag(request, "force")))
+
+    @app.post("/_ml/trained_models/{model_id}/deployment/_update", tags=["ml"],
+              summary="Change a deployment's allocations")
+    async def update_deployment(request: Request, model_id: str) -> Response:
+        body = await read_json(request, settings.max_body_bytes, required=False) or {}
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        dep = await service.update_deployment(
+            model_id, number_of_allocations=_int_param(request, "number_of_allocations", body),
+            adaptive=body.get("adaptive_allocations"),
+        )
+        return json_response(request, {"assignment": service.assignment(dep)})
 
     return app

@@ -30,7 +30,19 @@ from .errors import (
 )
 from .records import Deployment, Endpoint
 from .runtime import DeploymentStatus, Runtime
-from .spec import INPUT_TYPES, SERVICE, EndpointSpec, parse_endpoint, parse_task_settings, validate_task_type
+from pydantic import ValidationError
+
+from .spec import (
+    INPUT_TYPES,
+    SERVICE,
+    EndpointSpec,
+    ServiceSettings,
+    parse_endpoint,
+    parse_task_settings,
+    spec_errors,
+    validate_model_id,
+    validate_task_type,
+)
 from .store import Store
 
 log = logging.getLogger("infernetes.service")
@@ -133,42 +145,41 @@ class InferenceService:
             await self.runtime.apply(created)
             status = await self.runtime.wait(created.deployment_id, timeout)
             if status.state == "failed":
-                await self._forget(endpoint, created)
+                # The endpoint stays, in state [failed] with the reason, visible in GET and _stats.
                 raise ModelFailure(
                     f"Could not start deployment [{created.deployment_id}] of model [{created.model_id}]: "
-                    f"{status.failure}"
+                    f"{status.failure}. The endpoint [{inference_id}] was kept in state [failed]: fix the cause, "
+                    "then delete and create it again."
                 )
             if status.state == "starting":
+                doing = "to start"
+                if status.download:
+                    doing = f"to start (downloading the model: {status.download['percent']}%)"
                 raise RequestTimeout(
-                    f"Timed out after [{timeout:g}s] waiting for model deployment [{created.deployment_id}] to "
-                    "start. The endpoint was created and the deployment keeps starting: use "
+                    f"Timed out after [{timeout:g}s] waiting for model deployment [{created.deployment_id}] "
+                    f"{doing}. The endpoint was created and the deployment keeps starting: use "
                     f"GET _ml/trained_models/{created.deployment_id}/_stats to track it."
                 )
-        return render_endpoint(endpoint, dep, model)
+        return render_endpoint(endpoint, dep, self.catalog.get(dep.model_id) or model)
 
     async def _task_from_body(self, body: Any) -> str:
         """``PUT _inference/{id}`` without a task type: take it from the model or deployment."""
         ss = body.get("service_settings") if isinstance(body, dict) else None
         if isinstance(ss, dict):
             model_id, deployment_id = ss.get("model_id"), ss.get("deployment_id")
-            if isinstance(model_id, str) and (info := self.catalog.get(model_id)) is not None:
-                return info.task_type
+            if isinstance(model_id, str) and (task := self.catalog.task_of(model_id)) is not None:
+                return task
             if isinstance(deployment_id, str) and (dep := await self.store.get_deployment(deployment_id)):
                 return dep.task_type
         raise BadRequest("task_type is required: use PUT _inference/{task_type}/{inference_id}")
 
-    def _model_for(self, spec: EndpointSpec) -> ModelInfo:
+    def _model_for(self, spec: EndpointSpec) -> ModelInfo | None:
+        """The model an endpoint asks for; None while a built-in model still has to be downloaded."""
         model_id = spec.settings.model_id
         assert model_id is not None
-        model = self.catalog.resolve(model_id)
-        if model.task_type != spec.task_type:
-            raise BadRequest(
-                f"Model [{model_id}] serves the [{model.task_type}] task and cannot be used for the "
-                f"[{spec.task_type}] task; use PUT _inference/{model.task_type}/{spec.inference_id}"
-            )
-        return model
+        return self.catalog.check(model_id, spec.task_type, spec.inference_id)
 
-    def _new_deployment(self, spec: EndpointSpec, model: ModelInfo) -> Deployment:
+    def _new_deployment(self, spec: EndpointSpec, model: ModelInfo | None) -> Deployment:
         s = spec.settings
         errors = []
         if s.num_threads is None:
@@ -182,8 +193,8 @@ class InferenceService:
             raise ValidationFailed(errors)
         return Deployment(
             deployment_id=spec.deployment_id,
-            model_id=model.model_id,
-            task_type=model.task_type,
+            model_id=s.model_id or "",
+            task_type=spec.task_type,
             num_threads=s.num_threads or 1,
             num_allocations=None if s.adaptive else s.num_allocations,
             adaptive=s.adaptive_allocations.model_dump(exclude_none=True) if s.adaptive_allocations else None,
@@ -217,10 +228,6 @@ class InferenceService:
                 f"[{spec.task_type}] task"
             )
         return dep, self.catalog.get(dep.model_id)
-
-    async def _forget(self, endpoint: Endpoint, created: Deployment) -> None:
-        await self.store.delete_endpoint(endpoint.inference_id, with_deployment=True)
-        await self.runtime.remove(created.deployment_id)
 
     async def get_endpoints(self, task_type: str | None = None, inference_id: str | None = None) -> list[dict[str, Any]]:
         if task_type is not None:
@@ -270,7 +277,7 @@ class InferenceService:
     # -- inference ------------------------------------------------------------------------------
 
     async def infer(
-        self, inference_id: str, task_type: str | None, body: Any, timeout: float
+        self, inference_id: str, task_type: str | None, body: Any, timeout: float, *, chunked: bool = False
     ) -> tuple[int, bytes, dict[str, str]]:
         ep = await self.store.get_endpoint(inference_id)
         if ep is None:
@@ -281,7 +288,7 @@ class InferenceService:
                 f"Incompatible task_type, the requested type [{task_type}] does not match the inference "
                 f"endpoint type [{ep.task_type}]"
             )
-        payload = self.worker_request(ep, body)
+        payload = self.worker_request(ep, body, chunked=chunked)
         if self.runtime.status(ep.deployment_id) is None:
             raise ResourceNotFound(
                 f"Inference endpoint [{inference_id}] refers to deployment [{ep.deployment_id}], which no longer "
@@ -289,7 +296,7 @@ class InferenceService:
             )
         return await self.runtime.infer(ep.deployment_id, payload, timeout)
 
-    def worker_request(self, ep: Endpoint, body: Any) -> bytes:
+    def worker_request(self, ep: Endpoint, body: Any, *, chunked: bool = False) -> bytes:
         """Validate an inference body and merge it with the endpoint's task settings."""
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
@@ -342,7 +349,194 @@ class InferenceService:
             input_type = body.get("input_type", merged.get("input_type"))
             if input_type is not None:
                 out["input_type"] = _input_type(input_type)
+        if chunked:
+            if task == "rerank":
+                raise BadRequest("chunked inference does not apply to the [rerank] task")
+            out["chunking"] = parse_endpoint(task, ep.inference_id, ep.body).chunking.resolved()
         return orjson.dumps(out)
+
+    # -- deployments on their own (_ml/trained_models/{id}/deployment/...) ------------------------
+
+    async def start_deployment(
+        self,
+        model_id: str,
+        *,
+        deployment_id: str | None = None,
+        number_of_allocations: int | None = None,
+        threads_per_allocation: int = 1,
+        queue_capacity: int | None = None,
+        priority: str = "normal",
+        adaptive: dict[str, Any] | None = None,
+        wait_for: str = "started",
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        deployment_id = deployment_id or model_id
+        validate_model_id(deployment_id, "deployment_id")
+        settings = _deployment_settings(number_of_allocations, threads_per_allocation, adaptive, queue_capacity,
+                                        priority, wait_for)
+        task = self.catalog.task_of(model_id)
+        if task is None or (self.catalog.get(model_id) is None and not self.catalog.downloadable(model_id)):
+            self.catalog.resolve(model_id)  # the 404, with how to import it
+        dep = Deployment(
+            deployment_id=deployment_id,
+            model_id=model_id,
+            task_type=task or "",
+            num_threads=threads_per_allocation,
+            num_allocations=None if settings.adaptive else (number_of_allocations or 1),
+            adaptive=adaptive,
+            owner=None,
+            queue_capacity=queue_capacity or self.limits.queue_capacity,
+            priority=priority,
+        )
+        await self.store.create(None, dep)
+        await self.runtime.apply(dep)
+        if wait_for != "starting":
+            status = await self.runtime.wait(deployment_id, timeout, fully=wait_for == "fully_allocated")
+            if status.state == "failed":
+                await self.store.delete_deployment(deployment_id)
+                await self.runtime.remove(deployment_id)
+                raise ModelFailure(f"Could not start deployment [{deployment_id}] of model [{model_id}]: "
+                                   f"{status.failure}")
+            reached = status.allocation_state == "fully_allocated" if wait_for == "fully_allocated" else \
+                status.state == "started"
+            if not reached:
+                raise RequestTimeout(
+                    f"Timed out after [{timeout:g}s] waiting for model deployment [{deployment_id}] to be "
+                    f"[{wait_for}]; it keeps starting: use GET _ml/trained_models/{deployment_id}/_stats to track it"
+                )
+        return {"assignment": self.assignment(dep)}
+
+    async def _deployment(self, id_: str) -> Deployment:
+        dep = await self.store.get_deployment(id_)
+        if dep is None:
+            matches = [d for d in await self.store.list_deployments() if d.model_id == id_]
+            if len(matches) == 1:
+                dep = matches[0]
+        if dep is None:
+            raise ResourceNotFound(f"No known model deployment with id [{id_}]")
+        return dep
+
+    async def stop_deployment(self, id_: str, *, force: bool = False) -> dict[str, Any]:
+        dep = await self._deployment(id_)
+        users = [e.inference_id for e in await self.store.list_endpoints() if e.deployment_id == dep.deployment_id]
+        if users and not force:
+            raise Conflict(
+                f"Cannot stop deployment [{dep.deployment_id}] as it is used by inference endpoints "
+                f"[{', '.join(users)}]; delete the endpoints first, or use ?force=true"
+            )
+        for inference_id in users:
+            await self.store.delete_endpoint(inference_id, with_deployment=False)
+        await self.store.delete_deployment(dep.deployment_id)
+        await self.runtime.remove(dep.deployment_id)
+        return {"stopped": True}
+
+    async def update_deployment(
+        self, id_: str, *, number_of_allocations: int | None = None, adaptive: dict[str, Any] | None = None,
+        threads: int | None = None,
+    ) -> Deployment:
+        dep = await self._deployment(id_)
+        if threads is not None and threads != dep.num_threads:
+            raise ValidationFailed(["[num_threads] cannot be updated"])
+        if number_of_allocations is None and adaptive is None:
+            raise ValidationFailed(["[number_of_allocations] or [adaptive_allocations] must be given"])
+        _deployment_settings(number_of_allocations, dep.num_threads, adaptive, None, dep.priority, "started")
+        if adaptive is not None and adaptive.get("enabled"):
+            updated = dep.with_(num_allocations=None, adaptive=adaptive)
+        else:
+            updated = dep.with_(num_allocations=number_of_allocations or dep.num_allocations or 1,
+                                adaptive=adaptive if adaptive is not None else None)
+        await self.store.update_deployment(updated)
+        await self.runtime.apply(updated)
+        return updated
+
+    async def update_endpoint(self, task_type: str | None, inference_id: str, body: Any) -> dict[str, Any]:
+        """Elasticsearch's ``PUT _inference/{task_type}/{id}/_update``: allocations only."""
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        if task_type is not None and task_type != ep.task_type:
+            raise BadRequest(f"Requested task type [{task_type}] does not match the inference endpoint's task type "
+                             f"[{ep.task_type}]")
+        if not isinstance(body, dict) or set(body) - {"service_settings", "task_settings"}:
+            raise BadRequest("only [service_settings] and [task_settings] can be updated")
+        ss = body.get("service_settings") or {}
+        unknown = set(ss) - {"num_allocations", "adaptive_allocations", "num_threads"}
+        if unknown:
+            raise ValidationFailed([f"[service_settings.{n}] cannot be updated" for n in sorted(unknown)])
+        new_body = dict(ep.body)
+        if "task_settings" in body:
+            new_body["task_settings"] = {**ep.body.get("task_settings", {}), **(body["task_settings"] or {})}
+            parse_endpoint(ep.task_type, inference_id, new_body)
+        if ss:
+            dep = await self.update_deployment(ep.deployment_id, number_of_allocations=ss.get("num_allocations"),
+                                               adaptive=ss.get("adaptive_allocations"), threads=ss.get("num_threads"))
+            settings = dict(new_body["service_settings"])
+            settings.pop("num_allocations", None)
+            settings.pop("adaptive_allocations", None)
+            if dep.num_allocations is not None:
+                settings["num_allocations"] = dep.num_allocations
+            if dep.adaptive is not None:
+                settings["adaptive_allocations"] = dep.adaptive
+            new_body["service_settings"] = settings
+        updated = Endpoint(ep.inference_id, ep.task_type, ep.deployment_id, new_body, ep.created)
+        await self.store.replace_endpoint(updated)
+        dep = await self.store.get_deployment(ep.deployment_id)
+        return render_endpoint(updated, dep, self.catalog.get(dep.model_id) if dep else None)
+
+    def assignment(self, dep: Deployment) -> dict[str, Any]:
+        status = self.runtime.status(dep.deployment_id) or DeploymentStatus(dep.deployment_id, target=0)
+        model = self.catalog.get(dep.model_id)
+        out: dict[str, Any] = {
+            "task_parameters": {
+                "model_id": dep.model_id,
+                "deployment_id": dep.deployment_id,
+                "model_bytes": model.size_bytes if model else 0,
+                "threads_per_allocation": dep.num_threads,
+                "number_of_allocations": status.target,
+                "queue_capacity": dep.queue_capacity,
+                "priority": dep.priority,
+                "cache_size": "0b",
+            },
+            "assignment_state": status.state,
+            "routing_table": {
+                f"allocation-{a.allocation_id}": {"current_allocations": 1 if a.state == "started" else 0,
+                                                  "target_allocations": 1, "routing_state": a.state}
+                for a in status.allocations
+            },
+            "start_time": int((status.started_at or dep.created) * 1000),
+            "max_assigned_allocations": max(status.ready, status.target),
+        }
+        if dep.adaptive:
+            out["adaptive_allocations"] = dep.adaptive
+        if status.failure:
+            out["reason"] = status.failure
+        return out
+
+    async def trained_models(self, model_ids: str | None) -> dict[str, Any]:
+        """``GET _ml/trained_models[/{id}]``: the configuration of models in the store."""
+        patterns = ["*" if p in ("_all", "") else p for p in (model_ids or "_all").split(",")]
+        models = [m for m in self.catalog.list() if _matches(patterns, m.model_id)]
+        missing = [p for p in patterns if "*" not in p and p not in {m.model_id for m in models}]
+        if missing:
+            raise ResourceNotFound(f"Could not find trained model [{','.join(missing)}]")
+        configs = []
+        for m in models:
+            task_config: dict[str, Any] = {"tokenization": {"max_sequence_length": m.max_seq_length}}
+            if m.dimensions and m.task_type == "text_embedding":
+                task_config["embedding_size"] = m.dimensions
+            configs.append({
+                "model_id": m.model_id,
+                "model_type": "pytorch",
+                "created_by": "infernetes",
+                "create_time": int(m.created * 1000),
+                "model_size_bytes": m.size_bytes,
+                "description": f"{m.kind} model imported from {m.source}",
+                "inference_config": {m.task_type if m.task_type != "rerank" else "text_similarity": task_config},
+                "fully_defined": True,
+                "location": {"index": {"name": ".ml-inference-native-000002"}},
+                "tags": [],
+            })
+        return {"count": len(configs), "trained_model_configs": configs}
 
     # -- trained models -------------------------------------------------------------------------
 
@@ -384,6 +578,35 @@ class InferenceService:
         entry["deployment_stats"] = deployment_stats(dep, status, nodes)
         entry["inference_stats"]["inference_count"] = entry["deployment_stats"]["inference_count"]
         return entry
+
+
+def _deployment_settings(
+    allocations: int | None, threads: int, adaptive: dict[str, Any] | None, queue_capacity: int | None,
+    priority: str, wait_for: str,
+) -> ServiceSettings:
+    """Check the _start / _update parameters with the same rules as an endpoint's service settings."""
+    errors = []
+    if priority not in ("normal", "low"):
+        errors.append(f"[priority] must be one of [normal, low], got [{priority}]")
+    if wait_for not in ("starting", "started", "fully_allocated"):
+        errors.append(f"[wait_for] must be one of [starting, started, fully_allocated], got [{wait_for}]")
+    if queue_capacity is not None and not 1 <= queue_capacity <= 1_000_000:
+        errors.append(f"[queue_capacity] must be between 1 and 1000000, got [{queue_capacity}]")
+    if errors:
+        raise ValidationFailed(errors)
+    raw: dict[str, Any] = {"model_id": "m", "num_threads": threads}
+    if allocations is not None:
+        raw["num_allocations"] = allocations
+    if adaptive is not None:
+        raw["adaptive_allocations"] = adaptive
+    if allocations is None and adaptive is None:
+        raw["num_allocations"] = 1
+    try:
+        return ServiceSettings.model_validate(raw)
+    except ValidationError as exc:
+        messages = [m.replace("[num_threads]", "[threads_per_allocation]").replace(
+            "[num_allocations]", "[number_of_allocations]") for m in spec_errors(exc)]
+        raise ValidationFailed(messages) from None
 
 
 def _input_type(value: Any) -> str:

@@ -365,7 +365,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"[{_field(loc)}] {err['msg']}"
 
 
-def _errors(exc: ValidationError) -> list[str]:
+def spec_errors(exc: ValidationError) -> list[str]:
     out: list[str] = []
     for err in exc.errors(include_url=False):
         for part in _describe(err).split("; ") if err["type"] == "es" else [_describe(err)]:
@@ -387,7 +387,7 @@ def parse_body(body: Any) -> EndpointBody:
     try:
         return EndpointBody.model_validate(body)
     except ValidationError as exc:
-        raise ValidationFailed(_errors(exc)) from None
+        raise ValidationFailed(spec_errors(exc)) from None
 
 
 def parse_endpoint(task_type: str, inference_id: str, body: Any) -> EndpointSpec:
@@ -420,14 +420,11 @@ def parse_task_settings(task_type: str, raw: Any) -> TaskSettings:
     try:
         ts = TaskSettings.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        raise ValidationFailed([e.replace("[", "[task_settings.", 1) if e.startswith("[") else e for e in _errors(exc)]) from None
-    spec_errors = []
+        raise ValidationFailed(
+            [e.replace("[", "[task_settings.", 1) if e.startswith("[") else e for e in spec_errors(exc)]
+        ) from None
     if task_type != "rerank":
-        spec_errors += [
-            f"[task_settings.{n}] is only applicable to the [rerank] task"
-            for n in ("return_documents", "top_n")
-            if getattr(ts, n) is not None
-        ]
-    if spec_errors:
-        raise ValidationFailed(spec_errors)
+        misplaced = [n for n in ("return_documents", "top_n") if getattr(ts, n) is not None]
+        if misplaced:
+            raise ValidationFailed([f"[task_settings.{n}] is only applicable to the [rerank] task" for n in misplaced])
     return ts

@@ -25,6 +25,7 @@ class Store(Protocol):
     async def get_endpoint(self, inference_id: str) -> Endpoint | None: ...
     async def list_endpoints(self) -> list[Endpoint]: ...
     async def delete_endpoint(self, inference_id: str, *, with_deployment: bool) -> None: ...
+    async def replace_endpoint(self, endpoint: Endpoint) -> None: ...
     async def get_deployment(self, deployment_id: str) -> Deployment | None: ...
     async def list_deployments(self) -> list[Deployment]: ...
     async def update_deployment(self, deployment: Deployment) -> None: ...
@@ -126,6 +127,15 @@ class SqliteStore:
                 db.execute("DELETE FROM deployments WHERE deployment_id=?", (row[0],))
 
         self._tx(delete)
+
+    async def replace_endpoint(self, endpoint: Endpoint) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            cur = db.execute("UPDATE endpoints SET data=? WHERE inference_id=?",
+                             (json.dumps(endpoint.to_dict()), endpoint.inference_id))
+            if cur.rowcount == 0:
+                raise ResourceNotFound(f"Inference endpoint not found [{endpoint.inference_id}]")
+
+        self._tx(update)
 
     async def get_deployment(self, deployment_id: str) -> Deployment | None:
         data = self._one("SELECT data FROM deployments WHERE deployment_id=?", deployment_id)

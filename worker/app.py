@@ -117,12 +117,16 @@ def _parse(body: bytes, state: WorkerState) -> InferRequest:
     if state.info.task_type == "rerank" and not isinstance(query, str):
         raise ValueError("[query] is required for the [rerank] task")
     top_n = data.get("top_n")
+    chunking = data.get("chunking")
+    if chunking is not None and (not isinstance(chunking, dict) or state.info.task_type == "rerank"):
+        raise ValueError("[chunking] must be an object of chunking settings, and does not apply to rerank")
     return InferRequest(
         inputs=inputs,
         input_type=data.get("input_type"),
         query=query,
         return_documents=data.get("return_documents", True) is not False,
         top_n=top_n if isinstance(top_n, int) and top_n > 0 else None,
+        chunking=chunking,
     )
 
 
@@ -154,7 +158,10 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
         except ValueError as exc:
             return _error(400, "status_exception", str(exc))
         loop = asyncio.get_running_loop()
-        job = Job(request=req, rows=state.engine.rows(req), loop=loop, future=loop.create_future())
+        job = state.engine.new_job(req, loop, loop.create_future())
+        if len(job.rows) > settings.queue_capacity:
+            return _error(400, "status_exception", f"the request has {len(job.rows)} inputs (chunks included); "
+                          f"at most {settings.queue_capacity} fit in the queue of an allocation")
         watcher = asyncio.create_task(_watch_disconnect(request, job, state))
         try:
             await state.batcher.submit(job)

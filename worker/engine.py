@@ -9,7 +9,6 @@ on the tokeniser thread, :meth:`Engine.forward` on the model thread, and the HTT
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .chunking import Chunk, chunk
 from .modelstore import ModelInfo
 
 # Keys of the feature dict that are per-row tensors [rows, seq]; anything else is batch-wide.
@@ -30,6 +30,8 @@ class InferRequest:
     query: str | None = None
     return_documents: bool = True
     top_n: int | None = None
+    # Chunked inference: Elasticsearch chunking settings; each input answers with its chunks.
+    chunking: dict[str, Any] | None = None
 
 
 @dataclass(eq=False)
@@ -40,6 +42,8 @@ class Job:
     rows: list[Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    # For chunked inference: (input index, chunk) of every row.
+    chunks: list[tuple[int, Chunk]] | None = None
     arrived: float = field(default_factory=time.perf_counter)
     started: float | None = None
     outputs: list[Any] = field(default_factory=list)
@@ -118,7 +122,6 @@ class Engine:
     def load(self) -> None:
         import torch
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -151,13 +154,40 @@ class Engine:
     def rows(self, request: InferRequest) -> list[Any]:
         return list(request.inputs)
 
+    def new_job(self, request: InferRequest, loop: Any, future: Any) -> Job:
+        """A job whose rows are the request's inputs, or their chunks for chunked inference."""
+        if request.chunking is None:
+            return Job(request=request, rows=self.rows(request), loop=loop, future=future)
+        pieces = [(i, c) for i, text in enumerate(request.inputs) for c in chunk(text, request.chunking)]
+        texts = [request.inputs[i][c.start : c.end] for i, c in pieces]
+        chunked = InferRequest(**{**request.__dict__, "inputs": texts})
+        job = Job(request=chunked, rows=self.rows(chunked), loop=loop, future=future, chunks=pieces)
+        job.request = request
+        return job
+
+    def by_input(self, job: Job, item: Any) -> list[Any]:
+        """Per-row results regrouped per input: each input's list of chunk results."""
+        assert job.chunks is not None
+        grouped: list[list[Any]] = [[] for _ in job.request.inputs]
+        for row, (i, c) in enumerate(job.chunks):
+            text = job.request.inputs[i]
+            grouped[i].append({"text": text[c.start : c.end], "start_offset": c.start, "end_offset": c.end,
+                               **item(row)})
+        return [{"chunks": g} for g in grouped]
+
+    def routed_task(self, request: InferRequest) -> str | None:
+        return None
+
     def prompt(self, request: InferRequest) -> str | None:
         return self.info.prompt_for(request.input_type)
 
     def prepare(self, job: Job, max_tokens: int, max_rows: int) -> list[Segment]:
         """Tokenise a job's rows at once, then cut them, longest first, into segments within budget."""
         prompt = self.prompt(job.request)
-        kwargs = {"prompt": prompt} if prompt else {}
+        task = self.routed_task(job.request)
+        kwargs: dict[str, Any] = {"prompt": prompt} if prompt else {}
+        if task is not None:
+            kwargs["task"] = task
         features = self.model.preprocess(job.rows, **kwargs)
         mask = features["attention_mask"]
         lengths = mask.sum(1).tolist()
@@ -167,7 +197,7 @@ class Engine:
                 if n >= full:
                     job.truncated[i] = self._exceeds(job.rows[i], prompt)
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        key = prompt if self.group_by_prompt else None
+        key = (prompt if self.group_by_prompt else None, task)
         segments: list[Segment] = []
         start = 0
         while start < len(order):
@@ -211,6 +241,7 @@ class Engine:
 class TextEmbeddingEngine(Engine):
     task_type = "text_embedding"
     output_key = "sentence_embedding"
+    flags_truncation = True
 
     def _load(self) -> Any:
         from sentence_transformers import SentenceTransformer
@@ -223,9 +254,14 @@ class TextEmbeddingEngine(Engine):
         return model
 
     def render(self, job: Job) -> bytes:
-        return orjson.dumps(
-            {"text_embedding": [{"embedding": v} for v in job.outputs]}, option=orjson.OPT_SERIALIZE_NUMPY
-        )
+        def item(row: int) -> dict[str, Any]:
+            # is_truncated appears only when true: Elasticsearch's text_embedding results carry just the vector.
+            if job.truncated[row]:
+                return {"embedding": job.outputs[row], "is_truncated": True}
+            return {"embedding": job.outputs[row]}
+
+        results = self.by_input(job, item) if job.chunks else [item(r) for r in range(len(job.outputs))]
+        return orjson.dumps({"text_embedding": results}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class SparseEmbeddingEngine(Engine):
@@ -236,9 +272,13 @@ class SparseEmbeddingEngine(Engine):
     def _load(self) -> Any:
         from sentence_transformers import SparseEncoder
 
+        from sentence_transformers.base.modules.router import Router
+
         model = SparseEncoder(
             str(self.info.path), device="cpu", local_files_only=True, model_kwargs={"use_safetensors": True}
         )
+        # Asymmetric (query / document) models route by task.
+        self.routed = any(isinstance(m, Router) for m in model.modules())
         vocab = model.tokenizer.get_vocab()
         self.id_to_token = [""] * (max(vocab.values()) + 1)
         for token, idx in vocab.items():
@@ -254,14 +294,24 @@ class SparseEmbeddingEngine(Engine):
         bounds = np.searchsorted(rows_np, np.arange(dense.shape[0] + 1))
         return [(cols_np[bounds[i] : bounds[i + 1]], values[bounds[i] : bounds[i + 1]]) for i in range(dense.shape[0])]
 
+    routed = False
+
+    def routed_task(self, request: InferRequest) -> str | None:
+        if not self.routed:
+            return None
+        return "query" if request.input_type == "SEARCH" else "document"
+
     def render(self, job: Job) -> bytes:
         vocab = self.id_to_token
-        results = []
-        for (cols, values), truncated in zip(job.outputs, job.truncated):
+
+        def item(row: int) -> dict[str, Any]:
+            cols, values = job.outputs[row]
             order = np.argsort(-values, kind="stable")
             # numpy float32 scalars: orjson writes their shortest float32 form.
             embedding = {vocab[c]: v for c, v in zip(cols[order].tolist(), values[order])}
-            results.append({"is_truncated": truncated, "embedding": embedding})
+            return {"is_truncated": job.truncated[row], "embedding": embedding}
+
+        results = self.by_input(job, item) if job.chunks else [item(r) for r in range(len(job.outputs))]
         return orjson.dumps({"sparse_embedding": results}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -297,17 +347,17 @@ class RerankEngine(Engine):
 
     def render(self, job: Job) -> bytes:
         req = job.request
-        scores = np.asarray(job.outputs, dtype=np.float64)
+        scores = np.asarray(job.outputs, dtype=np.float32)
         order = np.argsort(-scores, kind="stable")
         if req.top_n is not None:
             order = order[: req.top_n]
         results = []
         for i in order.tolist():
-            item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+            item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
             if req.return_documents:
                 item["text"] = req.inputs[i]
             results.append(item)
-        return orjson.dumps({"rerank": results})
+        return orjson.dumps({"rerank": results}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 ENGINES: dict[str, type[Engine]] = {

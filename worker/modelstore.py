@@ -137,11 +137,20 @@ def inspect_folder(source: Path, task_type: str | None = None) -> dict[str, Any]
     architectures = config.get("architectures") or []
     arch = architectures[0] if architectures else ""
 
-    if any("SpladePooling" in t or "sparse_encoder" in t for t in module_types) or arch.endswith("ForMaskedLM"):
+    st_meta = _read_json(source / "config_sentence_transformers.json")
+    st_config = _read_json(source / "sentence_bert_config.json")
+    declared = {"CrossEncoder": "cross-encoder", "SparseEncoder": "sparse-encoder",
+                "SentenceTransformer": "sentence-transformers"}.get(st_meta.get("model_type", ""))
+    transformer_task = st_config.get("transformer_task", "")
+    if declared:
+        kind = declared
+    elif any("SpladePooling" in t or "sparse_encoder" in t for t in module_types) or transformer_task == "fill-mask":
         kind = "sparse-encoder"
-    elif arch.endswith("ForSequenceClassification") and not module_types:
+    elif transformer_task == "sequence-classification" or any("cross_encoder" in t for t in module_types):
         kind = "cross-encoder"
-    elif any("cross_encoder" in t for t in module_types):
+    elif not module_types and arch.endswith("ForMaskedLM"):
+        kind = "sparse-encoder"  # a bare SPLADE checkpoint
+    elif not module_types and arch.endswith("ForSequenceClassification"):
         kind = "cross-encoder"
     else:
         kind = "sentence-transformers"
@@ -151,7 +160,6 @@ def inspect_folder(source: Path, task_type: str | None = None) -> dict[str, Any]
             f"model folder [{source}] looks like a [{detected}] model ({kind}), not [{task_type}]"
         )
 
-    st_config = _read_json(source / "sentence_bert_config.json")
     tok_config = _read_json(source / "tokenizer_config.json")
     max_len = st_config.get("max_seq_length") or config.get("max_position_embeddings")
     tok_max = tok_config.get("model_max_length")
@@ -170,14 +178,12 @@ def inspect_folder(source: Path, task_type: str | None = None) -> dict[str, Any]
                 dimensions = mod_cfg.get("word_embedding_dimension", dimensions)
             if "Dense" in m.get("type", ""):
                 dimensions = mod_cfg.get("out_features", dimensions)
-        st_meta = _read_json(source / "config_sentence_transformers.json")
         similarity = {"cosine": "cosine", "dot": "dot_product", "euclidean": "l2_norm"}.get(
             st_meta.get("similarity_fn_name") or "cosine", "cosine"
         )
     elif kind == "sparse-encoder":
         dimensions = config.get("vocab_size")
 
-    st_meta = _read_json(source / "config_sentence_transformers.json")
     raw_prompts = st_meta.get("prompts") or {}
     prompts: dict[str, str] = {}
     for input_type, candidates in PROMPT_NAMES.items():

@@ -24,8 +24,10 @@ from typing import Any
 
 import httpx
 
+from ...worker.download import Progress, canonical_id
 from ...worker.modelstore import ModelInfo
 from ...worker.server import EXIT_MODEL_FAILED
+from ..catalog import ModelCatalog
 from ..errors import ResourceNotFound, ServiceUnavailable, TooManyRequests
 from ..records import Deployment
 from . import AllocationStatus, DeploymentStatus
@@ -88,7 +90,7 @@ class Allocation:
 @dataclass(eq=False)
 class LocalDeployment:
     spec: Deployment
-    model: ModelInfo
+    model: ModelInfo | None  # None while the model downloads
     target: int
     allocations: list[Allocation] = field(default_factory=list)
     retiring: list[Allocation] = field(default_factory=list)
@@ -97,6 +99,7 @@ class LocalDeployment:
     stopping: bool = False
     started_at: float = field(default_factory=time.time)
     held: int = 0
+    download: Progress | None = None
 
     def ready_urls(self) -> list[str]:
         return [a.url for a in self.allocations if a.state == "started" and not a.stopping]
@@ -109,6 +112,7 @@ class LocalDeployment:
             failure=self.failure,
             stopping=self.stopping,
             started_at=self.started_at,
+            download=self.download.as_dict() if self.download and self.download.state != "done" else None,
         )
 
     async def notify(self) -> None:
@@ -117,11 +121,11 @@ class LocalDeployment:
 
 
 class LocalRuntime:
-    def __init__(self, settings: LocalSettings, resolve_model: Any) -> None:
-        """``resolve_model(model_id) -> ModelInfo`` finds the model folder of a deployment."""
+    def __init__(self, settings: LocalSettings, catalog: ModelCatalog) -> None:
         self.settings = settings
-        self.resolve_model = resolve_model
+        self.catalog = catalog
         self.deployments: dict[str, LocalDeployment] = {}
+        self.downloads: dict[str, tuple[asyncio.Task[None], Progress]] = {}
         self.router = Router()
         self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False)
         self.logs = settings.data_dir / "logs"
@@ -136,9 +140,11 @@ class LocalRuntime:
         existing = self.deployments.get(deployment.deployment_id)
         target = allocations if allocations is not None else deployment.initial_allocations(self.cap)
         if existing is None:
-            model = self.resolve_model(deployment.model_id)
+            model = self.catalog.get(deployment.model_id)
             existing = LocalDeployment(spec=deployment, model=model, target=target)
             self.deployments[deployment.deployment_id] = existing
+            if model is None:
+                self._fetch_model(existing)
         else:
             existing.spec = deployment
             if allocations is not None or not deployment.adaptive_enabled:
@@ -263,7 +269,39 @@ class LocalRuntime:
             if a.url == url and a.state == "started" and (a.proc is None or a.proc.returncode is not None):
                 a.state = "starting"
 
+    def _fetch_model(self, dep: LocalDeployment) -> None:
+        """Download a built-in model in the background; deployments of it start once it is in the store."""
+        model_id = canonical_id(dep.spec.model_id)
+        if not self.catalog.downloadable(model_id):
+            try:
+                self.catalog.resolve(model_id)
+            except ResourceNotFound as exc:
+                dep.failure = exc.reason
+            return
+        if model_id not in self.downloads:
+            progress = Progress(model_id)
+            task = asyncio.create_task(self._download(model_id, progress), name=f"download-{model_id}")
+            self.downloads[model_id] = (task, progress)
+        dep.download = self.downloads[model_id][1]
+
+    async def _download(self, model_id: str, progress: Progress) -> None:
+        try:
+            info = await asyncio.to_thread(self.catalog.pull, model_id, progress)
+            error = None
+        except Exception as exc:  # reported as the deployment's failure reason
+            info, error = None, str(exc)
+            log.error("download of %s failed: %s", model_id, error)
+        finally:
+            self.downloads.pop(model_id, None)
+        for dep in list(self.deployments.values()):
+            if dep.model is None and canonical_id(dep.spec.model_id) == model_id and not dep.stopping:
+                dep.model, dep.failure = info, error
+                await self._reconcile(dep)
+
     async def _reconcile(self, dep: LocalDeployment) -> None:
+        if dep.model is None:
+            await dep.notify()
+            return
         while len(dep.allocations) < dep.target:
             index = self._free_index(dep)
             sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
@@ -310,6 +348,7 @@ class LocalRuntime:
 
     def _command(self, alloc: Allocation) -> list[str]:
         dep, s = alloc.deployment, self.settings
+        assert dep.model is not None, "allocations start only once the model is in the store"
         return [
             # -P: never put the working directory on sys.path (a folder named operator/ would shadow the stdlib).
             s.python, "-P", "-m", "infernetes.worker",

@@ -1,0 +1,105 @@
+"""Chunking long inputs the way Elasticsearch's ``chunking_settings`` describe, as a pure function.
+
+Every chunk carries character offsets into the original text (``text[start:end]`` is the chunk),
+as ``semantic_text`` stores them.
+
+- ``word``: windows of ``max_chunk_size`` words; consecutive windows share ``overlap`` words.
+- ``sentence``: whole sentences packed into chunks of at most ``max_chunk_size`` words; with
+  ``sentence_overlap: 1`` each chunk starts with the last sentence of the one before. A sentence
+  longer than ``max_chunk_size`` words is split into word windows.
+- ``none``: the whole input is one chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+WORD = re.compile(r"\S+")
+# A sentence ends at . ! ? (or their CJK forms) followed by white space, or at a blank line.
+SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])[\"')\]\u201d\u2019]*\s+|\n\s*\n")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    end: int
+
+
+def _words(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    end = len(text) if end is None else end
+    return [(m.start(), m.end()) for m in WORD.finditer(text, start, end)]
+
+
+def _windows(words: list[tuple[int, int]], size: int, overlap: int) -> list[Chunk]:
+    if not words:
+        return []
+    step = max(1, size - overlap)
+    chunks = []
+    i = 0
+    while True:
+        window = words[i : i + size]
+        chunks.append(Chunk(window[0][0], window[-1][1]))
+        if i + size >= len(words):
+            return chunks
+        i += step
+
+
+def word_chunks(text: str, max_chunk_size: int, overlap: int) -> list[Chunk]:
+    return _windows(_words(text), max_chunk_size, overlap) or [Chunk(0, len(text))]
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """Sentence spans (trimmed of surrounding white space), in order."""
+    spans = []
+    start = 0
+    for m in SENTENCE_END.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    out = []
+    for s, e in spans:
+        words = _words(text, s, e)
+        if words:
+            out.append((words[0][0], words[-1][1]))
+    return out
+
+
+def sentence_chunks(text: str, max_chunk_size: int, sentence_overlap: int) -> list[Chunk]:
+    units: list[tuple[int, int, int]] = []  # (start, end, words), long sentences already split
+    for s, e in sentences(text):
+        words = _words(text, s, e)
+        if len(words) > max_chunk_size:
+            units += [(c.start, c.end, len(_words(text, c.start, c.end))) for c in _windows(words, max_chunk_size, 0)]
+        else:
+            units.append((s, e, len(words)))
+    if not units:
+        return [Chunk(0, len(text))]
+    chunks: list[Chunk] = []
+    i = 0
+    while i < len(units):
+        j, count = i, 0
+        while j < len(units) and count + units[j][2] <= max_chunk_size:
+            count += units[j][2]
+            j += 1
+        j = max(j, i + 1)
+        chunks.append(Chunk(units[i][0], units[j - 1][1]))
+        if j >= len(units):
+            break
+        # Start the next chunk with the last sentence of this one, when it fits beside the next sentence and
+        # the chunk held more than that sentence (so every chunk moves forward).
+        overlap_fits = units[j - 1][2] + units[j][2] <= max_chunk_size
+        i = j - 1 if sentence_overlap and j - 1 > i and overlap_fits else j
+    return chunks
+
+
+def chunk(text: str, settings: dict[str, Any]) -> list[Chunk]:
+    strategy = settings.get("strategy", "sentence")
+    if strategy == "none":
+        return [Chunk(0, len(text))]
+    size = int(settings.get("max_chunk_size") or 250)
+    if strategy == "word":
+        return word_chunks(text, size, int(settings.get("overlap") or 0))
+    overlap = settings.get("sentence_overlap")
+    return sentence_chunks(text, size, 1 if overlap is None else int(overlap))

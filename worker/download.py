@@ -1,0 +1,253 @@
+"""Built-in model ids and their download from a Hugging Face-compatible hub into the model store.
+
+``.multilingual-e5-small``, ``.elser_model_2`` and ``.rerank-v1`` (and their ``_linux-x86_64``
+variants) resolve to open checkpoints. A download lists the repository, fetches only safetensors
+weights and the tokenizer and config files (never pickles), resumes interrupted files (the
+staging folder ``.download-<id>`` survives a crash), checks every file against the hub's
+checksums (sha256 for LFS files, the git blob id for the others), reports progress, and moves
+the finished folder into the store in one rename.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .modelstore import PICKLE_SUFFIXES, ModelInfo, ModelStore, ModelStoreError, check_model_id
+
+DEFAULT_HUB = "https://huggingface.co"
+WANTED = ("*.safetensors", "*.json", "*.txt", "*.model", "tokenizer*", "*/config.json", "*.md")
+UNWANTED = ("onnx/*", "openvino/*", "*/onnx/*", "*/openvino/*", ".gitattributes")
+PLATFORM_SUFFIX = "_linux-x86_64"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    model_id: str
+    repo_id: str
+    task_type: str
+    revision: str = "main"
+    prompts: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+E5_PROMPTS = {"SEARCH": "query: ", "INGEST": "passage: ", "CLASSIFICATION": "query: ", "CLUSTERING": "query: "}
+
+BUILTINS: dict[str, BuiltinModel] = {
+    m.model_id: m
+    for m in (
+        BuiltinModel(".multilingual-e5-small", "intfloat/multilingual-e5-small", "text_embedding",
+                     prompts=E5_PROMPTS, note="the same checkpoint Elasticsearch ships"),
+        BuiltinModel(".elser_model_2", "opensearch-project/opensearch-neural-sparse-encoding-v2-distill",
+                     "sparse_embedding", note="an open SPLADE encoder; Elastic's ELSER weights are not public"),
+        BuiltinModel(".rerank-v1", "cross-encoder/ms-marco-MiniLM-L6-v2", "rerank",
+                     note="an open cross-encoder; Elastic's DeBERTa-based rerank model is not public"),
+    )
+}
+
+
+def canonical_id(model_id: str) -> str:
+    """``.elser_model_2_linux-x86_64`` is the same model as ``.elser_model_2``."""
+    if model_id.startswith(".") and model_id.endswith(PLATFORM_SUFFIX):
+        return model_id[: -len(PLATFORM_SUFFIX)]
+    return model_id
+
+
+def builtin(model_id: str) -> BuiltinModel | None:
+    return BUILTINS.get(canonical_id(model_id))
+
+
+def hub_url() -> str:
+    return (os.environ.get("INFERNETES_MODEL_HUB") or os.environ.get("HF_ENDPOINT") or DEFAULT_HUB).rstrip("/")
+
+
+class DownloadError(Exception):
+    pass
+
+
+class Progress:
+    """Thread-safe download progress, readable while the download runs (for _stats and status)."""
+
+    def __init__(self, model_id: str, on_change: Callable[[Progress], None] | None = None) -> None:
+        self.model_id = model_id
+        self.state = "pending"  # pending | downloading | verifying | done | failed
+        self.total_bytes = 0
+        self.downloaded_bytes = 0
+        self.files_total = 0
+        self.files_done = 0
+        self.error: str | None = None
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._on_change = on_change
+
+    def _changed(self) -> None:
+        if self._on_change:
+            self._on_change(self)
+
+    def set(self, **values: Any) -> None:
+        with self._lock:
+            for k, v in values.items():
+                setattr(self, k, v)
+        self._changed()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.downloaded_bytes = max(0, self.downloaded_bytes + n)
+        self._changed()
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            pct = 100.0 * self.downloaded_bytes / self.total_bytes if self.total_bytes else 0.0
+            out = {
+                "model_id": self.model_id,
+                "state": self.state,
+                "downloaded_bytes": self.downloaded_bytes,
+                "total_bytes": self.total_bytes,
+                "percent": round(min(pct, 100.0), 1),
+                "files_done": self.files_done,
+                "files_total": self.files_total,
+            }
+            if self.error:
+                out["error"] = self.error
+            return out
+
+    def tqdm_class(self) -> type:
+        """A silent tqdm that feeds this object: huggingface_hub reports bytes through it."""
+        from tqdm.auto import tqdm
+
+        progress = self
+
+        class _Tqdm(tqdm):  # type: ignore[misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["disable"] = True
+                initial = kwargs.get("initial", 0) or 0
+                super().__init__(*args, **kwargs)
+                if initial:
+                    progress.add(int(initial))  # bytes already on disk from an interrupted download
+
+            def update(self, n: float | None = 1) -> bool | None:
+                progress.add(int(n or 0))
+                return super().update(n)
+
+        return _Tqdm
+
+
+def _wanted(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    if name.endswith(PICKLE_SUFFIXES) or any(fnmatch.fnmatchcase(path, p) for p in UNWANTED):
+        return False
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in WANTED)
+
+
+def _digest(path: Path, expected: str) -> str:
+    """sha256 for 64-hex ids (LFS), git blob sha1 for 40-hex ids."""
+    if len(expected) == 64:
+        h = hashlib.sha256()
+    else:
+        h = hashlib.sha1()  # noqa: S324 - git's blob id, a content address, not a security hash
+        h.update(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def offline_hint(model_id: str) -> str:
+    spec = builtin(model_id)
+    copy = f"copy {spec.repo_id} from a machine with hub access, then " if spec else ""
+    return (
+        f"to install it without a hub, {copy}run `infernetes models import <folder> --model-id {model_id}`; "
+        "or point INFERNETES_MODEL_HUB at a reachable mirror"
+    )
+
+
+def pull(
+    store: ModelStore,
+    model_id: str,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    task_type: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    progress: Progress | None = None,
+) -> ModelInfo:
+    """Download a model (a built-in id, or any hub repository with ``repo_id``) into the store."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.hf_api import RepoFile
+
+    canonical = canonical_id(model_id)
+    check_model_id(canonical)
+    spec = builtin(canonical)
+    if repo_id is None:
+        if spec is None:
+            raise DownloadError(f"[{model_id}] is not a built-in model; give the hub repository to download it from")
+        repo_id, revision, task_type = spec.repo_id, revision or spec.revision, task_type or spec.task_type
+    revision = revision or "main"
+    endpoint = (endpoint or hub_url()).rstrip("/")
+    progress = progress or Progress(canonical)
+    staging = store.root / f".download-{canonical}"
+    staging.mkdir(parents=True, exist_ok=True)
+    progress.set(state="downloading")
+    try:
+        api = HfApi(endpoint=endpoint, token=token)
+        try:
+            entries = [
+                e for e in api.list_repo_tree(repo_id, revision=revision, recursive=True)
+                if isinstance(e, RepoFile) and _wanted(e.path)
+            ]
+        except Exception as exc:
+            raise DownloadError(
+                f"Could not download model [{model_id}] ({repo_id}@{revision}) from {endpoint}: "
+                f"{type(exc).__name__}: {_short(exc)}; {offline_hint(canonical)}"
+            ) from exc
+        if not any(e.path.endswith(".safetensors") for e in entries):
+            raise DownloadError(
+                f"model [{model_id}] ({repo_id}) has no safetensors weights; pickle weights are never downloaded"
+            )
+        progress.set(total_bytes=sum(e.size for e in entries), files_total=len(entries))
+        tqdm_class = progress.tqdm_class()
+        for entry in entries:
+            expected = entry.lfs.sha256 if entry.lfs else entry.blob_id
+            target = staging / entry.path
+            if target.is_file() and target.stat().st_size == entry.size and _digest(target, expected) == expected:
+                progress.add(entry.size)  # finished by an earlier, interrupted run
+            else:
+                try:
+                    hf_hub_download(repo_id, entry.path, revision=revision, local_dir=staging, endpoint=endpoint,
+                                    token=token, tqdm_class=tqdm_class)
+                except Exception as exc:
+                    raise DownloadError(
+                        f"Could not download [{entry.path}] of model [{model_id}] ({repo_id}) from {endpoint}: "
+                        f"{type(exc).__name__}: {_short(exc)}; {offline_hint(canonical)}"
+                    ) from exc
+                if _digest(target, expected) != expected:
+                    target.unlink(missing_ok=True)
+                    raise DownloadError(
+                        f"checksum mismatch for [{entry.path}] of model [{model_id}] ({repo_id}): the file was "
+                        "discarded; retry the download"
+                    )
+            progress.set(files_done=progress.files_done + 1)
+        progress.set(state="verifying")
+        shutil.rmtree(staging / ".cache", ignore_errors=True)
+        overrides = {"prompts": spec.prompts if spec else None}
+        info = store.install(staging, canonical, source=f"{endpoint}/{repo_id}@{revision}", task_type=task_type,
+                             overrides=overrides, replace=True)
+        progress.set(state="done")
+        return info
+    except (DownloadError, ModelStoreError) as exc:
+        progress.set(state="failed", error=str(exc))
+        raise DownloadError(str(exc)) from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
