@@ -178,6 +178,19 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .kube.crd import CRDS, render
+
+    if args.out_dir is None:
+        print("---\n".join(render(build()) for build in CRDS.values()), end="")
+        return 0
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for filename, build in CRDS.items():
+        (args.out_dir / filename).write_text(render(build()))
+        print(f"wrote {args.out_dir / filename}")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 
 
@@ -204,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="serve one allocation of one model (what the runtimes start)",
                             add_help=False)
     worker.set_defaults(func=None)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (generated from the spec models)")
+    crd.add_argument("--out-dir", type=Path, help="write one file per CRD here instead of printing them")
+    crd.set_defaults(func=cmd_crd)
 
     models = sub.add_parser("models", help="manage the model store")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -180,27 +180,7 @@ class InferenceService:
         return self.catalog.check(model_id, spec.task_type, spec.inference_id)
 
     def _new_deployment(self, spec: EndpointSpec, model: ModelInfo | None) -> Deployment:
-        s = spec.settings
-        errors = []
-        if s.num_threads is None:
-            errors.append("[service_settings] does not contain the required setting [num_threads]")
-        if s.num_allocations is None and s.adaptive_allocations is None:
-            errors.append(
-                "[service_settings] does not contain one of the required settings "
-                "[num_allocations, adaptive_allocations]"
-            )
-        if errors:
-            raise ValidationFailed(errors)
-        return Deployment(
-            deployment_id=spec.deployment_id,
-            model_id=s.model_id or "",
-            task_type=spec.task_type,
-            num_threads=s.num_threads or 1,
-            num_allocations=None if s.adaptive else s.num_allocations,
-            adaptive=s.adaptive_allocations.model_dump(exclude_none=True) if s.adaptive_allocations else None,
-            owner=spec.inference_id,
-            queue_capacity=self.limits.queue_capacity,
-        )
+        return deployment_for(spec, self.limits.queue_capacity)
 
     def _reuse(self, spec: EndpointSpec, dep: Deployment) -> tuple[Deployment, ModelInfo | None]:
         s = spec.settings
@@ -578,6 +558,30 @@ class InferenceService:
         entry["deployment_stats"] = deployment_stats(dep, status, nodes)
         entry["inference_stats"]["inference_count"] = entry["deployment_stats"]["inference_count"]
         return entry
+
+
+def deployment_for(spec: EndpointSpec, queue_capacity: int) -> Deployment:
+    """The deployment an endpoint creates for itself (named after it unless deployment_id says otherwise)."""
+    s = spec.settings
+    errors = []
+    if s.num_threads is None:
+        errors.append("[service_settings] does not contain the required setting [num_threads]")
+    if s.num_allocations is None and s.adaptive_allocations is None:
+        errors.append(
+            "[service_settings] does not contain one of the required settings [num_allocations, adaptive_allocations]"
+        )
+    if errors:
+        raise ValidationFailed(errors)
+    return Deployment(
+        deployment_id=spec.deployment_id,
+        model_id=s.model_id or "",
+        task_type=spec.task_type,
+        num_threads=s.num_threads or 1,
+        num_allocations=None if s.adaptive else s.num_allocations,
+        adaptive=s.adaptive_allocations.model_dump(exclude_none=True) if s.adaptive_allocations else None,
+        owner=spec.inference_id,
+        queue_capacity=queue_capacity,
+    )
 
 
 def _deployment_settings(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -33,17 +33,27 @@ MODEL_ID_RE = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
 MAX_ID_LENGTH = 64
 
 
-def _doc(text: str, **extra: Any) -> dict[str, Any]:
-    return {"description": text, **extra}
+def rule(expression: str, message: str, *, transition: bool = False) -> dict[str, Any]:
+    """A CEL validation rule for the CRD schema, kept beside the pydantic validator it mirrors.
+    ``transition`` rules compare with ``oldSelf`` and only apply to updates."""
+    return {"rule": expression, "message": message, "transition": transition}
 
 
 class _Settings(BaseModel):
     # strict: "2" is not a number and 1.0 is not an integer, as in Elasticsearch.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # CEL rules of the matching object in the CRD schema (see infernetes.operator.kube.crd).
+    __cel__: ClassVar[list[dict[str, Any]]] = []
 
 
 class AdaptiveAllocations(_Settings):
     """Scale the number of allocations with the load, between the minimum and maximum."""
+
+    __cel__ = [
+        rule("!has(self.min_number_of_allocations) || !has(self.max_number_of_allocations) || "
+             "self.max_number_of_allocations >= self.min_number_of_allocations",
+             "[max_number_of_allocations] must be greater than or equal to [min_number_of_allocations]"),
+    ]
 
     enabled: bool | None = Field(None, description="Turn on adaptive allocations.")
     min_number_of_allocations: int | None = Field(
@@ -74,9 +84,29 @@ class AdaptiveAllocations(_Settings):
 class ServiceSettings(_Settings):
     """Settings of the ``elasticsearch`` service: which model, and how many allocations and threads."""
 
+    __cel__ = [
+        rule("!has(self.num_threads) || self.num_threads in [1, 2, 4, 8, 16, 32]",
+             f"[num_threads] must be a power of 2 less than or equal to {MAX_THREADS}"),
+        rule("has(self.deployment_id) || has(self.model_id)",
+             "[service_settings] does not contain the required setting [model_id]"),
+        rule("has(self.deployment_id) || has(self.num_threads)",
+             "[service_settings] does not contain the required setting [num_threads]"),
+        rule("has(self.deployment_id) || has(self.num_allocations) || has(self.adaptive_allocations)",
+             "[service_settings] does not contain one of the required settings [num_allocations, adaptive_allocations]"),
+        rule("!has(self.adaptive_allocations) || !has(self.adaptive_allocations.enabled) || "
+             "!self.adaptive_allocations.enabled || !has(self.num_allocations)",
+             "[num_allocations] cannot be set when [adaptive_allocations] is enabled"),
+        rule("!has(self.adaptive_allocations) || (has(self.adaptive_allocations.enabled) && "
+             "self.adaptive_allocations.enabled) || has(self.num_allocations) || has(self.deployment_id)",
+             "[num_allocations] is required when [adaptive_allocations] is not enabled"),
+        rule("!has(oldSelf.num_threads) || (has(self.num_threads) && self.num_threads == oldSelf.num_threads)",
+             "[num_threads] cannot be updated", transition=True),
+    ]
+
     model_id: str | None = Field(
         None,
         max_length=MAX_ID_LENGTH,
+        json_schema_extra={"pattern": MODEL_ID_RE.pattern},
         description=(
             "The name of the model to use for the inference task: a built-in model id (.multilingual-e5-small, "
             ".elser_model_2, .rerank-v1) or the id of a model imported with `infernetes models import`."
@@ -85,6 +115,7 @@ class ServiceSettings(_Settings):
     deployment_id: str | None = Field(
         None,
         max_length=MAX_ID_LENGTH,
+        json_schema_extra={"pattern": MODEL_ID_RE.pattern},
         description=(
             "The deployment identifier for a trained model deployment. When deployment_id names an existing "
             "deployment, model_id, num_allocations and num_threads are taken from it."
@@ -173,6 +204,31 @@ ChunkingStrategy = Literal["sentence", "word", "none"]
 class ChunkingSettings(_Settings):
     """How long inputs are split into chunks for chunked inference (semantic_text)."""
 
+    __cel__ = [
+        rule("self.strategy != 'none' || (!has(self.max_chunk_size) && !has(self.overlap) && "
+             "!has(self.sentence_overlap))",
+             "[max_chunk_size], [overlap] and [sentence_overlap] are not applicable to the [none] chunking strategy"),
+        rule("self.strategy == 'none' || has(self.max_chunk_size)",
+             "[chunking_settings] does not contain the required setting [max_chunk_size]"),
+        rule("self.strategy != 'sentence' || !has(self.max_chunk_size) || "
+             "(self.max_chunk_size >= 20 && self.max_chunk_size <= 300)",
+             "[max_chunk_size] must be between 20 and 300 for the [sentence] chunking strategy"),
+        rule("self.strategy != 'word' || !has(self.max_chunk_size) || "
+             "(self.max_chunk_size >= 10 && self.max_chunk_size <= 300)",
+             "[max_chunk_size] must be between 10 and 300 for the [word] chunking strategy"),
+        rule("self.strategy == 'word' || !has(self.overlap)",
+             "[overlap] is only applicable to the [word] chunking strategy"),
+        rule("self.strategy != 'word' || has(self.overlap)",
+             "[chunking_settings] does not contain the required setting [overlap]"),
+        rule("self.strategy != 'word' || !has(self.overlap) || !has(self.max_chunk_size) || "
+             "self.overlap <= self.max_chunk_size / 2",
+             "[overlap] must be less than or equal to half of [max_chunk_size]"),
+        rule("self.strategy == 'sentence' || self.strategy == 'none' || !has(self.sentence_overlap)",
+             "[sentence_overlap] is only applicable to the [sentence] chunking strategy"),
+        rule("!has(self.sentence_overlap) || self.sentence_overlap in [0, 1]",
+             "[sentence_overlap] must be 0 or 1"),
+    ]
+
     strategy: ChunkingStrategy = Field(
         description="The chunking strategy: sentence, word, or none (one chunk per input)."
     )
@@ -252,6 +308,78 @@ class EndpointBody(_Settings):
     service_settings: ServiceSettings
     task_settings: TaskSettings | None = None
     chunking_settings: ChunkingSettings | None = None
+
+
+class EndpointResourceSpec(EndpointBody):
+    """``spec`` of an InferenceEndpoint custom resource: the PUT body, plus what the URL carries in REST."""
+
+    __cel__ = [
+        rule("self.task_type == 'rerank' || !has(self.task_settings) || "
+             "(!has(self.task_settings.return_documents) && !has(self.task_settings.top_n))",
+             "[task_settings.return_documents] and [task_settings.top_n] are only applicable to the [rerank] task"),
+        rule("self.task_type != 'rerank' || !has(self.task_settings) || !has(self.task_settings.input_type)",
+             "[task_settings.input_type] is not applicable to the [rerank] task"),
+        rule("self.task_type == oldSelf.task_type", "[task_type] cannot be updated", transition=True),
+        rule("has(self.inference_id) == has(oldSelf.inference_id) && "
+             "(!has(self.inference_id) || self.inference_id == oldSelf.inference_id)",
+             "[inference_id] cannot be updated", transition=True),
+    ]
+
+    task_type: TaskType = Field(description="The inference task: text_embedding, sparse_embedding or rerank.")
+    inference_id: str | None = Field(
+        None,
+        max_length=MAX_ID_LENGTH,
+        json_schema_extra={"pattern": INFERENCE_ID_RE.pattern},
+        description=(
+            "The Elasticsearch inference id, when it is not a valid Kubernetes name (e.g. it has underscores). "
+            "Defaults to metadata.name."
+        ),
+    )
+
+    def body(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"task_type", "inference_id"})
+
+
+class DeploymentResourceSpec(_Settings):
+    """``spec`` of a ModelDeployment custom resource: a model deployment that endpoints can share, as
+    ``POST _ml/trained_models/{model_id}/deployment/_start`` creates in Elasticsearch."""
+
+    __cel__ = [
+        rule("self.threads_per_allocation in [1, 2, 4, 8, 16, 32]",
+             f"[threads_per_allocation] must be a power of 2 less than or equal to {MAX_THREADS}"),
+        rule("!has(self.adaptive_allocations) || !has(self.adaptive_allocations.enabled) || "
+             "!self.adaptive_allocations.enabled || !has(self.number_of_allocations)",
+             "[number_of_allocations] cannot be set when [adaptive_allocations] is enabled"),
+        rule("self.threads_per_allocation == oldSelf.threads_per_allocation",
+             "[threads_per_allocation] cannot be updated", transition=True),
+        rule("self.model_id == oldSelf.model_id", "[model_id] cannot be updated", transition=True),
+    ]
+
+    model_id: str = Field(max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": MODEL_ID_RE.pattern},
+                          description="The model to deploy.")
+    deployment_id: str | None = Field(
+        None, max_length=MAX_ID_LENGTH, json_schema_extra={"pattern": MODEL_ID_RE.pattern},
+        description="The deployment id endpoints refer to (service_settings.deployment_id). Defaults to model_id.",
+    )
+    number_of_allocations: int | None = Field(None, ge=1, description="Allocations (pods); default 1.")
+    threads_per_allocation: int = Field(1, ge=1, le=MAX_THREADS,
+                                        description="Threads (CPUs) per allocation: a power of 2, at most 32.")
+    adaptive_allocations: AdaptiveAllocations | None = None
+    queue_capacity: int | None = Field(None, ge=1, le=1_000_000,
+                                       description="Inputs waiting per allocation before requests get 429.")
+    priority: Literal["normal", "low"] = Field("normal", description="normal or low.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> DeploymentResourceSpec:
+        errors = []
+        if self.threads_per_allocation & (self.threads_per_allocation - 1):
+            errors.append(f"[threads_per_allocation] must be a power of 2 less than or equal to {MAX_THREADS}")
+        adaptive = self.adaptive_allocations
+        if adaptive is not None and adaptive.enabled and self.number_of_allocations is not None:
+            errors.append("[number_of_allocations] cannot be set when [adaptive_allocations] is enabled")
+        if errors:
+            raise PydanticCustomError("es", "; ".join(errors))
+        return self
 
 
 @dataclass(frozen=True)
