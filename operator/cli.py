@@ -127,10 +127,53 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_pull(args: argparse.Namespace) -> int:
+def _pull(args: argparse.Namespace, store: Any) -> int:
+    """Download with a progress bar on a terminal, and progress lines in a pod's log."""
     from tqdm import tqdm
 
-    from ..worker.download import DownloadError, Progress, builtin, pull
+    from ..worker.download import DownloadError, Progress, pull
+
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=0, unit="B", unit_scale=True, desc=f"pulling {args.model_id}", disable=None)
+    last_line = [-1]
+
+    def show(p: Progress) -> None:
+        if bar.total != p.total_bytes:
+            bar.total = p.total_bytes
+        bar.n = p.downloaded_bytes
+        bar.refresh()
+        pct = int(p.as_dict()["percent"])
+        if not interactive and p.total_bytes and pct // 10 != last_line[0]:
+            last_line[0] = pct // 10
+            print(f"pulling {args.model_id}: {p.downloaded_bytes / 1e6:.0f}/{p.total_bytes / 1e6:.0f} MB ({pct}%)",
+                  file=sys.stderr, flush=True)
+
+    try:
+        info = pull(store, args.model_id, repo_id=args.repo, revision=args.revision, task_type=args.task,
+                    endpoint=args.hub, progress=Progress(args.model_id, on_change=show))
+    except DownloadError as exc:
+        bar.close()
+        print(f"infernetes: {exc}", file=sys.stderr)
+        _termination_message(str(exc))
+        return 1
+    bar.close()
+    print(f"pulled [{info.model_id}]: task {info.task_type}, {info.kind}, {info.size_bytes / 1e6:.0f} MB "
+          f"from {info.source}")
+    return 0
+
+
+def _termination_message(message: str) -> None:
+    """In a pod, say why in the container's termination message (kubectl describe, the CR status)."""
+    path = Path(os.environ.get("INFERNETES_TERMINATION_LOG", "/dev/termination-log"))
+    if path.parent.is_dir() and (path.exists() or "INFERNETES_TERMINATION_LOG" in os.environ):
+        try:
+            path.write_text(message[:4000])
+        except OSError:
+            pass
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from ..worker.download import builtin
 
     store = _store(args)
     if store.get(args.model_id) is not None and not args.replace:
@@ -139,25 +182,29 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     if args.repo is None and builtin(args.model_id) is None:
         print(f"infernetes: [{args.model_id}] is not a built-in model; give --repo ORG/NAME", file=sys.stderr)
         return 2
-    bar = tqdm(total=0, unit="B", unit_scale=True, desc=f"pulling {args.model_id}")
+    return _pull(args, store)
 
-    def show(p: Progress) -> None:
-        if bar.total != p.total_bytes:
-            bar.total = p.total_bytes
-        bar.n = p.downloaded_bytes
-        bar.refresh()
 
-    try:
-        info = pull(store, args.model_id, repo_id=args.repo, revision=args.revision, task_type=args.task,
-                    endpoint=args.hub, progress=Progress(args.model_id, on_change=show))
-    except DownloadError as exc:
-        bar.close()
-        print(f"infernetes: {exc}", file=sys.stderr)
+def cmd_models_ensure(args: argparse.Namespace) -> int:
+    """The init container of worker pods: make sure the model is in the (possibly shared) store."""
+    from ..worker.download import builtin, canonical_id
+
+    store = _store(args)
+    info = store.get(canonical_id(args.model_id))
+    if info is not None:
+        problems = store.verify(info.model_id) if args.verify else []
+        if not problems:
+            print(f"[{info.model_id}] is in the model store ({info.size_bytes / 1e6:.0f} MB)")
+            return 0
+        print(f"[{info.model_id}] is damaged ({', '.join(problems)}): downloading it again", file=sys.stderr)
+    if args.repo is None and builtin(args.model_id) is None:
+        message = (f"Could not find trained model [{args.model_id}] in the model store, and it is not a built-in model: "
+                   "import it into the model cache, or declare its hub repository in the operator's models settings")
+        print(f"infernetes: {message}", file=sys.stderr)
+        _termination_message(message)
         return 1
-    bar.close()
-    print(f"pulled [{info.model_id}]: task {info.task_type}, {info.kind}, {info.size_bytes / 1e6:.0f} MB "
-          f"from {info.source}")
-    return 0
+    args.replace = True
+    return _pull(args, store)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -176,6 +223,14 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
         return 1
     print(f"removed [{args.model_id}]")
     return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from .kube.main import run
+
+    return run(args.namespace or [], host=args.host, port=args.port, gateway=not args.no_gateway,
+               kubeconfig=args.kubeconfig, config_path=args.config, liveness_port=args.liveness_port,
+               log_level=args.log_level)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -218,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
                             add_help=False)
     worker.set_defaults(func=None)
 
+    op = sub.add_parser("operator", help="run the Kubernetes operator and its REST gateway (in a cluster)")
+    op.add_argument("--namespace", "-n", action="append",
+                    help="namespace to watch (repeatable); all namespaces when none is given. The REST gateway "
+                    "serves the first one (or the pod's own namespace)")
+    op.add_argument("--host", default="0.0.0.0", help="address of the REST gateway (default 0.0.0.0)")  # noqa: S104
+    op.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port of the REST gateway (default {DEFAULT_PORT})")
+    op.add_argument("--no-gateway", action="store_true", help="run the operator only")
+    op.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, else $KUBECONFIG)")
+    op.add_argument("--config", type=Path, help="operator settings file (default $INFERNETES_OPERATOR_CONFIG)")
+    op.add_argument("--liveness-port", type=int, help="serve kopf's liveness probe on this port")
+    op.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    op.set_defaults(func=cmd_operator)
+
     crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (generated from the spec models)")
     crd.add_argument("--out-dir", type=Path, help="write one file per CRD here instead of printing them")
     crd.set_defaults(func=cmd_crd)
@@ -244,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--replace", action="store_true", help="download again even if the model is in the store")
     _data_dir_arg(pl)
     pl.set_defaults(func=cmd_models_pull)
+    ens = msub.add_parser("ensure", help="pull a model unless it is in the store (worker pods' init container)")
+    ens.add_argument("model_id")
+    ens.add_argument("--repo")
+    ens.add_argument("--revision")
+    ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"])
+    ens.add_argument("--hub")
+    ens.add_argument("--verify", action="store_true", help="check the checksums of a model already in the store")
+    _data_dir_arg(ens)
+    ens.set_defaults(func=cmd_models_ensure)
     lst = msub.add_parser("list", help="list the models in the store")
     _data_dir_arg(lst)
     lst.set_defaults(func=cmd_models_list)

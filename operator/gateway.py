@@ -193,6 +193,9 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start = getattr(service.runtime, "start", None)
+        if start is not None:
+            await start()
         await service.restore()
         yield
         await service.runtime.close()

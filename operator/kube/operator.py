@@ -20,7 +20,7 @@ from . import API_VERSION, DEPLOYMENT_KIND, DEPLOYMENTS, ENDPOINT_KIND, ENDPOINT
 from .client import Kube
 from .names import k8s_name
 from .planner import Owner, desired_replicas, plan, selector_string, workload_name
-from .resources import deployment_from_cr, endpoint_from_cr
+from .resources import deployment_from_cr, endpoint_from_cr, find_owner
 from .settings import OperatorSettings
 from .status import compute_status
 
@@ -135,20 +135,7 @@ class Reconciler:
         return found
 
     async def owner_of(self, namespace: str, deployment_id: str) -> dict[str, Any] | None:
-        """The resource that owns a deployment id: a ModelDeployment, or an endpoint that is not reusing."""
-        for cr in await self.kube.list(API_VERSION, DEPLOYMENTS, namespace):
-            spec = cr.get("spec") or {}
-            if (spec.get("deployment_id") or spec.get("model_id")) == deployment_id:
-                return {**cr, "kind": DEPLOYMENT_KIND}
-        for cr in await self.kube.list(API_VERSION, ENDPOINTS, namespace):
-            spec = cr.get("spec") or {}
-            ss = spec.get("service_settings") or {}
-            if ss.get("model_id") is None:
-                continue
-            own_id = ss.get("deployment_id") or spec.get("inference_id") or cr["metadata"]["name"]
-            if own_id == deployment_id:
-                return {**cr, "kind": ENDPOINT_KIND}
-        return None
+        return await find_owner(self.kube, namespace, deployment_id)
 
     async def dependents(self, namespace: str, deployment_id: str, exclude_uid: str | None) -> list[str]:
         """Endpoints that attach to a deployment they do not own."""

@@ -10,7 +10,7 @@ from ..errors import ValidationFailed
 from ..records import Deployment, Endpoint
 from ..service import deployment_for
 from ..spec import DeploymentResourceSpec, EndpointResourceSpec, parse_endpoint, spec_errors
-from . import API_VERSION, DEPLOYMENT_KIND, ENDPOINT_KIND
+from . import API_VERSION, DEPLOYMENT_KIND, DEPLOYMENTS, ENDPOINT_KIND, ENDPOINTS
 from .names import k8s_name
 
 
@@ -80,3 +80,24 @@ def deployment_to_cr(dep: Deployment, namespace: str) -> dict[str, Any]:
         spec["number_of_allocations"] = dep.num_allocations or 1
     return {"apiVersion": API_VERSION, "kind": DEPLOYMENT_KIND,
             "metadata": {"name": k8s_name(dep.deployment_id), "namespace": namespace}, "spec": spec}
+
+
+def own_deployment_id(cr: dict[str, Any]) -> str | None:
+    """The deployment id a resource provides: a ModelDeployment's, or an endpoint's own (not when reusing)."""
+    spec = cr.get("spec") or {}
+    if cr.get("kind") == DEPLOYMENT_KIND:
+        return spec.get("deployment_id") or spec.get("model_id")
+    ss = spec.get("service_settings") or {}
+    if ss.get("model_id") is None:
+        return None
+    return ss.get("deployment_id") or spec.get("inference_id") or cr["metadata"]["name"]
+
+
+async def find_owner(kube: Any, namespace: str, deployment_id: str) -> dict[str, Any] | None:
+    """The resource that provides a deployment id in a namespace (kind set on the returned dict)."""
+    for plural, kind in ((DEPLOYMENTS, DEPLOYMENT_KIND), (ENDPOINTS, ENDPOINT_KIND)):
+        for cr in await kube.list(API_VERSION, plural, namespace):
+            cr = {**cr, "kind": kind}
+            if not cr["metadata"].get("deletionTimestamp") and own_deployment_id(cr) == deployment_id:
+                return cr
+    return None
