@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..worker.modelstore import ModelStore
     from .embedded import EmbeddedOptions, build_app
+    from .gateway import GatewaySettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "httpx"):
@@ -63,17 +64,77 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         for line in install_demo_models(ModelStore(data_dir / "models")):
             print(line, flush=True)
+    auth = _serve_auth(args, data_dir)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("infernetes: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     app = build_app(
         data_dir,
         EmbeddedOptions(
             max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level,
-            model_hub=args.model_hub,
+            model_hub=args.model_hub, gateway=GatewaySettings(auth=auth),
         ),
     )
-    print(f"Infernetes serving the Elasticsearch inference API on http://{args.host}:{args.port} "
-          f"(data in {data_dir})", flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"Infernetes serving the Elasticsearch inference API on {scheme}://{args.host}:{args.port} "
+          f"(data in {data_dir}; API keys {'required' if auth else 'off'})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=35)
+                timeout_graceful_shutdown=35, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    return 0
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _serve_auth(args: argparse.Namespace, data_dir: Path) -> Any:
+    """API keys: on by default unless the gateway listens on loopback only."""
+    from .auth import MANAGE, Authenticator, KeyFile
+
+    enabled = args.auth == "on" or (args.auth == "auto" and args.host not in LOOPBACK)
+    if not enabled:
+        return None
+    keys = KeyFile(data_dir / "api-keys.json")
+    if not keys.keys():
+        # Like Elasticsearch's first start: a key to begin with. It goes to a private file, never to the logs.
+        key, encoded = keys.add("bootstrap", [MANAGE])
+        bootstrap = data_dir / "bootstrap-api-key"
+        bootstrap.write_text(encoded + "\n")
+        bootstrap.chmod(0o600)
+        print(f"API keys are required. A first key with [{MANAGE}] (id {key.id}) is in {bootstrap}: send it as "
+              f"`Authorization: ApiKey $(cat {bootstrap})`. Create more with `infernetes api-keys create`.",
+              flush=True)
+    return Authenticator(keys)
+
+
+def _keyfile(args: argparse.Namespace) -> Any:
+    from .auth import KeyFile
+
+    return KeyFile(args.file if args.file else _data_dir(args) / "api-keys.json")
+
+
+def cmd_api_keys_create(args: argparse.Namespace) -> int:
+    try:
+        key, encoded = _keyfile(args).add(args.name, args.privilege or ["monitor_inference"])
+    except ValueError as exc:
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 2
+    import json
+
+    print(json.dumps({"id": key.id, "name": key.name, "privileges": key.privileges, "encoded": encoded}))
+    return 0
+
+
+def cmd_api_keys_list(args: argparse.Namespace) -> int:
+    for key in _keyfile(args).keys().values():
+        print(f"{key.id}  {key.name}  {','.join(key.privileges)}")
+    return 0
+
+
+def cmd_api_keys_delete(args: argparse.Namespace) -> int:
+    if not _keyfile(args).remove(args.id):
+        print(f"infernetes: no API key with id [{args.id}]", file=sys.stderr)
+        return 1
+    print(f"deleted API key [{args.id}]")
     return 0
 
 
@@ -264,10 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inputs waiting per allocation before 429 (default 1024)")
     serve.add_argument("--model-hub", help="where built-in models download from (default: $INFERNETES_MODEL_HUB, "
                        "$HF_ENDPOINT, else https://huggingface.co)")
+    serve.add_argument("--auth", choices=["auto", "on", "off"], default="auto",
+                       help="API keys: auto = required unless --host is loopback (default auto)")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("api-keys", help="manage the gateway's API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="create a key; prints its `encoded` credential once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--privilege", action="append", choices=["manage_inference", "monitor_inference"],
+                    help="repeatable; default monitor_inference (read and run inference)")
+    kl = ksub.add_parser("list", help="list keys (ids, names, privileges; never secrets)")
+    kd = ksub.add_parser("delete", help="delete a key")
+    kd.add_argument("id")
+    for p, fn in ((kc, cmd_api_keys_create), (kl, cmd_api_keys_list), (kd, cmd_api_keys_delete)):
+        _data_dir_arg(p)
+        p.add_argument("--file", type=Path, help="the keys file (default <data-dir>/api-keys.json); for a "
+                       "Kubernetes Secret: kubectl create secret generic NAME --from-file=api-keys.json=FILE")
+        p.set_defaults(func=fn)
 
     worker = sub.add_parser("worker", help="serve one allocation of one model (what the runtimes start)",
                             add_help=False)

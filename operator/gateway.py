@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from .auth import Authenticator
 from .errors import BadRequest, InfernetesError, ParseError, PayloadTooLarge, ValidationFailed, error_body
 from .filterpath import filter_path
 from .service import InferenceService
@@ -44,6 +45,8 @@ class GatewaySettings:
     put_timeout: float = 30.0
     inference_timeout: float = 30.0
     cluster_name: str = "infernetes"
+    # API-key authentication; None turns it off (trusted networks, or loopback only).
+    auth: Authenticator | None = None
 
 
 # -- OpenAPI descriptions of bodies the handlers read themselves ------------------------------------
@@ -168,6 +171,51 @@ class ElasticsearchHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class ApiKeyAuth:
+    """Checks ``Authorization: ApiKey ...`` and the privilege each request needs, before any routing."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], auth: Authenticator) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            try:
+                scope.setdefault("state", {})["api_key"] = self.auth.check(scope["method"], scope["path"], header)
+            except InfernetesError as exc:
+                await error_response(None, exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestMetrics:
+    """Counts and times every request by route template (low cardinality), as pure ASGI."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def record(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], route, str(status[0])).inc()
+            self.metrics.seconds.labels(scope["method"], route).observe(time.perf_counter() - t0)
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -209,19 +257,13 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         redoc_url=None,
         openapi_url="/_openapi.json",
     )
+    # Outermost last: every answer (auth errors included) carries the Elasticsearch headers.
+    if settings.auth is not None:
+        app.add_middleware(ApiKeyAuth, auth=settings.auth)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(ElasticsearchHeaders)
     app.state.service = service
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.seconds.labels(request.method, path).observe(time.perf_counter() - t0)
-        return response
 
     @app.exception_handler(InfernetesError)
     async def _es_error(request: Request, exc: InfernetesError) -> Response:
@@ -278,6 +320,10 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     @app.head("/", tags=["info"], include_in_schema=False)
     async def ping() -> Response:
         return Response(status_code=200, media_type=JSON)
+
+    @app.get("/_infernetes/health", tags=["info"], summary="Liveness of the gateway (no authentication)")
+    async def health() -> Response:
+        return Response(b'{"status":"green"}', media_type=JSON)
 
     @app.get("/metrics", tags=["info"], summary="Prometheus metrics of the gateway")
     async def prometheus() -> Response:

@@ -113,6 +113,11 @@ STATUS = {
             "description": "The adaptive allocations autoscaler's last decision and smoothing state.",
             "x-kubernetes-preserve-unknown-fields": True,
         },
+        "kopf": {
+            "type": "object",
+            "description": "The operator framework's bookkeeping (handler progress, last handled spec).",
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
     },
 }
 

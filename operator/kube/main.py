@@ -64,8 +64,26 @@ class OperatorThread(threading.Thread):
             log.exception("the operator stopped")
 
 
+def gateway_auth():  # type: ignore[no-untyped-def]
+    """API keys from the mounted Secret (INFERNETES_API_KEYS_FILE); INFERNETES_AUTH=off turns them off."""
+    import os
+
+    from ..auth import Authenticator, KeyFile
+
+    if os.environ.get("INFERNETES_AUTH", "on").lower() in ("off", "false", "0"):
+        log.warning("API keys are off: anyone who reaches the gateway can manage endpoints")
+        return None
+    path = os.environ.get("INFERNETES_API_KEYS_FILE")
+    if not path:
+        log.error("API keys are on and INFERNETES_API_KEYS_FILE is not set: every request will get 401")
+        return Authenticator(KeyFile(Path("/nonexistent/api-keys.json")))
+    return Authenticator(KeyFile(Path(path)))
+
+
 def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfig: str | None,
         config_path: Path | None, liveness_port: int | None, log_level: str) -> int:
+    import os
+
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,8 +94,10 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
     operator.start()
     try:
         if gateway:
-            namespace = namespaces[0] if namespaces else (config.namespace or "default")
-            app = build_cluster_app(config, namespace, settings)
+            namespace = os.environ.get("INFERNETES_GATEWAY_NAMESPACE") or (
+                namespaces[0] if namespaces else (config.namespace or "default"))
+            app = build_cluster_app(config, namespace, settings,
+                                    GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()))
             uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
         else:
             stop = threading.Event()

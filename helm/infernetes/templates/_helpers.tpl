@@ -1,0 +1,43 @@
+{{- define "infernetes.name" -}}infernetes{{- end -}}
+
+{{- define "infernetes.fullname" -}}
+{{- if contains "infernetes" .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-infernetes" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "infernetes.labels" -}}
+app.kubernetes.io/name: infernetes
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "infernetes.selector" -}}
+app.kubernetes.io/name: infernetes
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "infernetes.serviceAccount" -}}
+{{- if .Values.serviceAccount.create -}}{{ default (include "infernetes.fullname" .) .Values.serviceAccount.name }}
+{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+
+{{- define "infernetes.image" -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+
+{{/* The namespaces the operator watches: the listed ones, else the release namespace. */}}
+{{- define "infernetes.namespaces" -}}
+{{- if .Values.watchNamespaces -}}{{ join "," .Values.watchNamespaces }}{{- else -}}{{ .Release.Namespace }}{{- end -}}
+{{- end -}}
+
+{{- define "infernetes.apiKeysSecret" -}}
+{{- default (printf "%s-api-keys" (include "infernetes.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "infernetes.modelCacheClaim" -}}
+{{- $pvc := .Values.modelCache.persistentVolumeClaim -}}
+{{- if $pvc.enabled -}}{{ default (printf "%s-models" (include "infernetes.fullname" .)) $pvc.existingClaim }}{{- end -}}
+{{- end -}}
