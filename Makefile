@@ -6,7 +6,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv serve test bench lint clean
+.PHONY: venv serve test bench lint clean generate kind-e2e
 
 venv: $(VENV)/.installed
 
@@ -31,3 +31,12 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# Regenerate what is generated from one source (the tests fail when these are stale).
+generate: venv
+	$(VENV)/bin/infernetes crd --out-dir crds
+	$(VENV)/bin/python scripts/render_deploy.py
+
+# The real-cluster end-to-end test (needs docker, kind, kubectl, helm): see scripts/kind-e2e.sh.
+kind-e2e: venv
+	scripts/kind-e2e.sh

@@ -252,6 +252,15 @@ def cmd_models_ensure(args: argparse.Namespace) -> int:
 
     store = _store(args)
     info = store.get(canonical_id(args.model_id))
+    if info is None and args.seed_dir:
+        from ..worker.modelstore import ModelStore
+
+        seeded = ModelStore(Path(args.seed_dir) / "models").get(canonical_id(args.model_id))
+        if seeded is not None:
+            info = store.import_folder(seeded.path, seeded.model_id, task_type=seeded.task_type,
+                                       overrides={"prompts": seeded.prompts or None})
+            print(f"[{info.model_id}] copied from the image's model store {args.seed_dir}")
+            return 0
     if info is not None:
         problems = store.verify(info.model_id) if args.verify else []
         if not problems:
@@ -399,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"])
     ens.add_argument("--hub")
     ens.add_argument("--verify", action="store_true", help="check the checksums of a model already in the store")
+    ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)
     ens.set_defaults(func=cmd_models_ensure)
     lst = msub.add_parser("list", help="list the models in the store")

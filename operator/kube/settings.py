@@ -41,6 +41,8 @@ class OperatorSettings(BaseModel):
     model_cache_pvc: str | None = None
     model_cache_size: str = "10Gi"
     model_hub: str | None = Field(None, description="hub URL for downloads (default huggingface.co)")
+    # A model store baked into the image (air-gapped clusters): models found there are copied, not downloaded.
+    seed_dir: str | None = None
     hub_token_secret: str | None = Field(None, description="Secret with key HF_TOKEN for private hub models")
     models: dict[str, ExtraModel] = Field(default_factory=dict, description="models beyond the built-in ones")
     node_selector: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,41 @@
+# One image for both roles: `infernetes operator` (the default command) and `infernetes worker`.
+#   docker build -t infernetes:0.1.0 .                                  # CPU torch
+#   docker build --build-arg TORCH_VARIANT=cu126 -t infernetes:0.1.0-cuda .   # a CUDA build of torch
+# Models are not baked in: worker pods download them (see README, "Air-gapped clusters", to bake one in).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VARIANT=cpu
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/infernetes
+WORKDIR /src
+# torch first, from the variant's index, so that nothing else can pull a different build.
+RUN /opt/infernetes/bin/pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+        "torch==${TORCH_VERSION}"
+COPY pyproject.toml README.md constraints.txt ./
+COPY operator ./operator
+COPY worker ./worker
+RUN /opt/infernetes/bin/pip install -c constraints.txt . \
+    && find /opt/infernetes -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="infernetes" \
+      org.opencontainers.image.description="Elasticsearch-compatible inference endpoints on Kubernetes" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/infernetes /opt/infernetes
+RUN groupadd --gid 10001 infernetes \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin infernetes \
+    && mkdir -p /var/lib/infernetes \
+    && chown 10001:10001 /var/lib/infernetes
+ENV PATH=/opt/infernetes/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    HF_HOME=/tmp/hf \
+    INFERNETES_DATA_DIR=/var/lib/infernetes
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 9200 8080
+ENTRYPOINT ["infernetes"]
+CMD ["operator"]
