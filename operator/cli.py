@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..worker.modelstore import ModelStore
     from .embedded import EmbeddedOptions, build_app
+    from .autoscaler import AutoscalerSettings
     from .gateway import GatewaySettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -72,7 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir,
         EmbeddedOptions(
             max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level,
-            model_hub=args.model_hub, gateway=GatewaySettings(auth=auth),
+            model_hub=args.model_hub, gateway=GatewaySettings(auth=auth), hold_timeout_s=args.hold_timeout,
+            autoscaler=AutoscalerSettings(interval_s=args.autoscale_interval,
+                                          scale_down_window_s=args.scale_down_window,
+                                          idle_to_zero_s=args.scale_to_zero_after),
         ),
     )
     scheme = "https" if args.tls_cert else "http"
@@ -334,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inputs waiting per allocation before 429 (default 1024)")
     serve.add_argument("--model-hub", help="where built-in models download from (default: $INFERNETES_MODEL_HUB, "
                        "$HF_ENDPOINT, else https://huggingface.co)")
+    serve.add_argument("--autoscale-interval", type=float, default=2.0, metavar="SECONDS",
+                       help="adaptive allocations: sampling and decision interval (default 2)")
+    serve.add_argument("--scale-down-window", type=float, default=30.0, metavar="SECONDS",
+                       help="adaptive allocations: scale down only to the highest need of this window (default 30)")
+    serve.add_argument("--scale-to-zero-after", type=float, default=300.0, metavar="SECONDS",
+                       help="adaptive allocations with min 0: idle time before scaling to zero (default 300)")
+    serve.add_argument("--hold-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="how long a request waits for a first allocation to start (default 120)")
     serve.add_argument("--auth", choices=["auto", "on", "off"], default="auto",
                        help="API keys: auto = required unless --host is loopback (default auto)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from ..worker.modelstore import ModelStore
+from .autoscaler import AutoscalerSettings
 from .catalog import ModelCatalog
 from .gateway import GatewaySettings, create_app
 from .runtime.local import LocalRuntime, LocalSettings
@@ -21,9 +22,11 @@ class EmbeddedOptions:
     queue_capacity: int = 1024
     max_batch_tokens: int = 8192
     max_batch_size: int = 128
+    hold_timeout_s: float = 120.0
     worker_log_level: str = "warning"
     # Where built-in models are downloaded from (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, huggingface.co).
     model_hub: str | None = None
+    autoscaler: AutoscalerSettings = AutoscalerSettings()
     gateway: GatewaySettings = GatewaySettings()
 
 
@@ -39,8 +42,10 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
             max_batch_tokens=options.max_batch_tokens,
             max_batch_size=options.max_batch_size,
             worker_log_level=options.worker_log_level,
+            hold_timeout_s=options.hold_timeout_s,
         ),
         catalog,
+        options.autoscaler,
     )
     service = InferenceService(
         SqliteStore(data_dir / "infernetes.db"),
@@ -48,4 +53,4 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
         catalog,
         Limits(max_inputs=options.max_inputs, queue_capacity=options.queue_capacity),
     )
-    return create_app(service, options.gateway)
+    return create_app(service, options.gateway, extra_registries=[runtime.autoscaler_metrics.registry])

@@ -246,7 +246,6 @@ class KubeRuntime:
         self._task: asyncio.Task[None] | None = None
         self._fresh = asyncio.Event()
         self._held: dict[str, int] = {}
-        self.scale_requests: asyncio.Queue[str] = asyncio.Queue()
 
     async def start(self) -> None:
         await self.refresh()
@@ -311,7 +310,7 @@ class KubeRuntime:
         self._owners.pop(deployment_id, None)
 
     async def scale(self, deployment_id: str, allocations: int) -> None:
-        self.scale_requests.put_nowait(deployment_id)
+        """The operator's autoscaler scales deployments in a cluster; the gateway only wakes ones at zero."""
 
     def status(self, deployment_id: str) -> DeploymentStatus | None:
         owner = self._owners.get(deployment_id)
@@ -387,8 +386,12 @@ class KubeRuntime:
                                   "requests; retry later", retry_after=5)
         self._held[deployment_id] = held + 1
         try:
-            if status.target == 0:
-                self.scale_requests.put_nowait(deployment_id)
+            owner = self._owners.get(deployment_id)
+            if status.target == 0 and owner is not None:
+                from .autoscaling import scale_from_zero
+
+                await scale_from_zero(self.kube, self.namespace, deployment_id, owner,
+                                      ENDPOINTS if owner["kind"] == ENDPOINT_KIND else DEPLOYMENTS)
             deadline = time.monotonic() + timeout
             while not self.ready_urls(deployment_id) and time.monotonic() < deadline:
                 with contextlib.suppress(asyncio.TimeoutError):

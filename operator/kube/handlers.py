@@ -9,6 +9,8 @@ import kopf
 
 from . import DEPLOYMENTS, ENDPOINTS, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED, MANAGER, VERSION
 from .client import KubeConfig
+from ..runtime.autoscaling import AutoscalerMetrics
+from .autoscaling import ClusterAutoscaler
 from .operator import Reconciler, StatusRefresher
 
 FINALIZER = f"{GROUP}/protect-shared-deployment"
@@ -19,10 +21,11 @@ def _owns_deployment(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("service_settings") or {}).get("model_id") is not None
 
 
-def build_registry(reconciler: Reconciler, config: KubeConfig,
-                   namespaces: list[str] | None = None) -> kopf.OperatorRegistry:
+def build_registry(reconciler: Reconciler, config: KubeConfig, namespaces: list[str] | None = None,
+                   metrics: AutoscalerMetrics | None = None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     refresher = StatusRefresher(reconciler, namespaces)
+    autoscaler = ClusterAutoscaler(reconciler, namespaces, reconciler.settings.autoscaler(), metrics)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -40,12 +43,14 @@ def build_registry(reconciler: Reconciler, config: KubeConfig,
         import asyncio
 
         memo["status_loop"] = asyncio.create_task(refresher.run(), name="infernetes-status")
+        memo["autoscaler_loop"] = asyncio.create_task(autoscaler.run(), name="infernetes-autoscaler")
 
     @kopf.on.cleanup(registry=registry)
     async def stop_status_loop(memo: kopf.Memo, **_: Any) -> None:
-        task = memo.get("status_loop")
-        if task is not None:
-            task.cancel()
+        for key in ("status_loop", "autoscaler_loop"):
+            task = memo.get(key)
+            if task is not None:
+                task.cancel()
 
     # Workloads and pods change status: mark what depends on them (no finalizers: plain event handlers).
     @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED: MANAGER}, registry=registry)

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from ..gateway import GatewaySettings, create_app
+from ..runtime.autoscaling import AutoscalerMetrics
 from ..service import InferenceService, Limits
 from .client import Kube, KubeConfig
 from .gateway import ClusterModels, KubeRuntime, KubeStore
@@ -24,22 +25,25 @@ log = logging.getLogger("infernetes.operator")
 
 
 def build_cluster_app(config: KubeConfig, namespace: str, settings: OperatorSettings,
-                      gateway: GatewaySettings | None = None, *, poll_interval: float = 1.0):  # type: ignore[no-untyped-def]
+                      gateway: GatewaySettings | None = None, *, poll_interval: float = 1.0,
+                      metrics: AutoscalerMetrics | None = None):  # type: ignore[no-untyped-def]
     kube = Kube(config)
     catalog = ClusterModels(settings)
     runtime = KubeRuntime(kube, namespace, settings, poll_interval=poll_interval)
     service = InferenceService(KubeStore(kube, namespace, catalog, settings.queue_capacity), runtime, catalog,
                                Limits(queue_capacity=settings.queue_capacity))
-    app = create_app(service, gateway or GatewaySettings(cluster_name=f"infernetes-{namespace}"))
+    app = create_app(service, gateway or GatewaySettings(cluster_name=f"infernetes-{namespace}"),
+                     extra_registries=[metrics.registry] if metrics else None)
     app.state.kube = kube
     return app
 
 
 class OperatorThread(threading.Thread):
     def __init__(self, config: KubeConfig, settings: OperatorSettings, namespaces: list[str],
-                 liveness: str | None = None) -> None:
+                 liveness: str | None = None, metrics: AutoscalerMetrics | None = None) -> None:
         super().__init__(name="kopf", daemon=True)
         self.config, self.settings, self.namespaces, self.liveness = config, settings, namespaces, liveness
+        self.metrics = metrics
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -50,7 +54,8 @@ class OperatorThread(threading.Thread):
         async def main() -> None:
             kube = Kube(self.config)
             try:
-                registry = build_registry(Reconciler(kube, self.settings), self.config, self.namespaces or None)
+                registry = build_registry(Reconciler(kube, self.settings), self.config, self.namespaces or None,
+                                          self.metrics)
                 await kopf.operator(registry=registry, standalone=True, namespaces=self.namespaces,
                                     clusterwide=not self.namespaces, stop_flag=self.stop_flag,
                                     ready_flag=self.ready, liveness_endpoint=self.liveness)
@@ -90,14 +95,16 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
     config = KubeConfig.load(kubeconfig)
     settings = OperatorSettings.load(config_path)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
-    operator = OperatorThread(config, settings, namespaces, liveness)
+    metrics = AutoscalerMetrics()
+    operator = OperatorThread(config, settings, namespaces, liveness, metrics)
     operator.start()
     try:
         if gateway:
             namespace = os.environ.get("INFERNETES_GATEWAY_NAMESPACE") or (
                 namespaces[0] if namespaces else (config.namespace or "default"))
             app = build_cluster_app(config, namespace, settings,
-                                    GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()))
+                                    GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()),
+                                    metrics=metrics)
             uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
         else:
             stop = threading.Event()

@@ -59,9 +59,21 @@ class OperatorSettings(BaseModel):
     max_batch_tokens: int = 8192
     # Allocations an adaptive endpoint may reach when max_number_of_allocations is unset.
     adaptive_cap: int = 8
+    # Adaptive allocations (see infernetes.operator.autoscaler.AutoscalerSettings).
+    autoscale_interval_s: float = 5.0
+    target_utilization: float = 0.75
+    scale_down_window_s: float = 60.0
+    scale_to_zero_after_s: float = 600.0
     status_interval_s: float = 5.0
     # Seconds before a blocked deletion or a missing dependency is looked at again.
     retry_delay_s: float = 15.0
+
+    def autoscaler(self) -> Any:
+        from ..autoscaler import AutoscalerSettings
+
+        return AutoscalerSettings(interval_s=self.autoscale_interval_s, target_utilization=self.target_utilization,
+                                  scale_down_window_s=self.scale_down_window_s,
+                                  idle_to_zero_s=self.scale_to_zero_after_s)
 
     @classmethod
     def load(cls, path: Path | str | None = None, env: dict[str, str] | None = None) -> OperatorSettings:

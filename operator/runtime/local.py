@@ -27,10 +27,12 @@ import httpx
 from ...worker.download import Progress, canonical_id
 from ...worker.modelstore import ModelInfo
 from ...worker.server import EXIT_MODEL_FAILED
+from ..autoscaler import AutoscalerSettings
 from ..catalog import ModelCatalog
 from ..errors import ResourceNotFound, ServiceUnavailable, TooManyRequests
 from ..records import Deployment
 from . import AllocationStatus, DeploymentStatus
+from .autoscaling import AutoscalerMetrics, LocalAutoscaler
 from .router import Router
 
 log = logging.getLogger("infernetes.runtime")
@@ -46,8 +48,9 @@ class LocalSettings:
     drain_timeout: float = 30.0
     ready_poll: float = 0.1
     max_backoff: float = 30.0
-    # Requests held while a deployment has no ready allocation (starting, or scaled to zero).
+    # Requests held while a deployment has no ready allocation (starting, or scaled to zero): how many, how long.
     max_held_requests: int = 256
+    hold_timeout_s: float = 120.0
     worker_log_level: str = "warning"
 
 
@@ -121,7 +124,8 @@ class LocalDeployment:
 
 
 class LocalRuntime:
-    def __init__(self, settings: LocalSettings, catalog: ModelCatalog) -> None:
+    def __init__(self, settings: LocalSettings, catalog: ModelCatalog,
+                 autoscaler: AutoscalerSettings | None = None, metrics: AutoscalerMetrics | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.deployments: dict[str, LocalDeployment] = {}
@@ -133,12 +137,15 @@ class LocalRuntime:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.scale_requests: asyncio.Queue[str] = asyncio.Queue()
+        self.autoscaler_metrics = metrics or AutoscalerMetrics()
+        self.autoscaler = LocalAutoscaler(self, autoscaler, self.autoscaler_metrics) if autoscaler else None
 
     # -- the Runtime surface ------------------------------------------------------------------
 
     async def apply(self, deployment: Deployment, allocations: int | None = None) -> None:
         existing = self.deployments.get(deployment.deployment_id)
-        target = allocations if allocations is not None else deployment.initial_allocations(self.cap)
+        target = allocations if allocations is not None else deployment.initial_allocations(
+            self.adaptive_cap(deployment))
         if existing is None:
             model = self.catalog.get(deployment.model_id)
             existing = LocalDeployment(spec=deployment, model=model, target=target)
@@ -149,6 +156,9 @@ class LocalRuntime:
             existing.spec = deployment
             if allocations is not None or not deployment.adaptive_enabled:
                 existing.target = target
+            else:  # new adaptive bounds: keep the autoscaler's count, within them
+                lo, hi = deployment.bounds(self.adaptive_cap(deployment))
+                existing.target = min(max(existing.target, lo), hi)
         await self._reconcile(existing)
 
     async def scale(self, deployment_id: str, allocations: int) -> None:
@@ -207,13 +217,17 @@ class LocalRuntime:
         dep = self._get(deployment_id)
         urls = dep.ready_urls()
         if not urls:
-            urls = await self._hold(dep, timeout)
+            started = time.monotonic()
+            urls = await self._hold(dep, min(timeout, self.settings.hold_timeout_s))
+            timeout = max(1.0, timeout - (time.monotonic() - started))
         return await self.router.forward(
             urls, payload, timeout, on_failure=lambda url: self._suspect(dep, url),
             what=f"deployment [{deployment_id}]",
         )
 
     async def close(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.close()
         await asyncio.gather(*(self.remove(d) for d in list(self.deployments)))
         await self.router.close()
         await self._probe.aclose()
@@ -224,6 +238,14 @@ class LocalRuntime:
     def cap(self) -> int:
         """Allocations an adaptive deployment may reach when no max is set: one per core."""
         return max(1, os.cpu_count() or 1)
+
+    def adaptive_cap(self, deployment: Deployment) -> int:
+        """The safe cap for an unset max: as many allocations as the cores can run at full threads."""
+        return max(1, self.cap // max(1, deployment.num_threads))
+
+    async def start(self) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.start()
 
     def _get(self, deployment_id: str) -> LocalDeployment:
         dep = self.deployments.get(deployment_id)

@@ -24,3 +24,13 @@ def test_http_vs_inprocess_quick(tmp_path):
     assert all(level["errors"] == 0 and level["requests"] > 0 for level in run["http"])
     assert 0 < run["ratio_http_to_in_process"]
     assert report["machine"]["cores"] >= 1
+
+
+def test_autoscale_step_quick(tmp_path):
+    out = tmp_path / "step.json"
+    proc = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "autoscale_step.py"), "--quick",
+                           "--heavy-s", "12", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["requests"] > 0 and report["requests_failed"] == 0
+    assert report["seconds_from_step_to_decision"] is not None

@@ -1,0 +1,137 @@
+"""Adaptive allocations in a cluster: one loop in the operator for every adaptive resource.
+
+Each round reads the worker pods' ``/metrics`` (pods selected by label), runs the pure autoscaler,
+patches the Deployment's replicas only when the count changes (with an Event), and keeps the
+decision and the smoothing state in ``status.autoscaler``, so a restarted operator carries on where
+the last one stopped. One loop rather than a kopf timer per resource: timers would put a finalizer
+on every adaptive endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from ..autoscaler import AutoscalerSettings, Sample, decide, parse_metrics
+from ..runtime.autoscaling import AutoscalerMetrics
+from . import API_VERSION, DEPLOYMENTS, ENDPOINTS
+from .operator import Reconciler, post_event
+from .planner import selector_string, workload_name
+
+log = logging.getLogger("infernetes.autoscaler")
+PERSIST_EVERY_S = 15.0  # the smoothing state is written at least this often (and on every change)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions", []) or [])
+
+
+def pod_url(pod: dict[str, Any], default_port: int) -> str | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    port = default_port
+    for c in (pod.get("spec") or {}).get("containers", []):
+        for p in c.get("ports", []) or []:
+            if p.get("name") == "http":
+                port = p["containerPort"]
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
+class ClusterAutoscaler:
+    def __init__(self, reconciler: Reconciler, namespaces: list[str] | None, settings: AutoscalerSettings,
+                 metrics: AutoscalerMetrics | None = None) -> None:
+        self.reconciler = reconciler
+        self.kube = reconciler.kube
+        self.namespaces = namespaces
+        self.settings = settings
+        self.metrics = metrics or AutoscalerMetrics()
+        self._client = httpx.AsyncClient(timeout=2.0, trust_env=False)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.settings.interval_s)
+                try:
+                    await self.tick()
+                except Exception:  # the next round retries
+                    log.exception("autoscaling round failed")
+        finally:
+            await self._client.aclose()
+
+    async def _sample(self, pod: dict[str, Any]) -> Sample | None:
+        url = pod_url(pod, self.reconciler.settings.worker_port)
+        if url is None:
+            return None
+        try:
+            resp = await self._client.get(url + "/metrics")
+            return parse_metrics(pod["metadata"]["name"], resp.text)
+        except httpx.HTTPError:
+            return None
+
+    async def tick(self) -> int:
+        """One round over every adaptive resource; returns how many were scaled."""
+        scaled = 0
+        for namespace in self.namespaces or [None]:  # type: ignore[list-item]
+            for plural in (ENDPOINTS, DEPLOYMENTS):
+                for cr in await self.kube.list(API_VERSION, plural, namespace):
+                    if cr["metadata"].get("deletionTimestamp"):
+                        continue
+                    with contextlib.suppress(Exception):
+                        scaled += await self.scale_one(plural, cr)
+        return scaled
+
+    async def scale_one(self, plural: str, cr: dict[str, Any]) -> int:
+        found = await self.reconciler.assess(plural, cr)
+        dep = found.deployment
+        if dep is None or found.problem or not dep.adaptive_enabled:
+            return 0
+        namespace = cr["metadata"]["namespace"]
+        name = workload_name(dep.deployment_id)
+        workload = await self.kube.get("apps/v1", "deployments", namespace, name)
+        if workload is None:
+            return 0
+        current = int(workload["spec"].get("replicas") or 0)
+        pods = [p for p in await self.kube.list("v1", "pods", namespace, selector_string(dep.deployment_id))
+                if _ready(p)]
+        samples = [s for s in await asyncio.gather(*(self._sample(p) for p in pods)) if s is not None]
+        previous = (cr.get("status") or {}).get("autoscaler") or {}
+        bounds = dep.bounds(self.reconciler.settings.adaptive_cap)
+        now = time.time()
+        decision = decide(previous.get("state"), samples, now=now, current=current, bounds=bounds,
+                          settings=self.settings)
+        self.metrics.record(dep.deployment_id, decision.desired, decision.load, current)
+        changed = decision.desired != current
+        if changed:
+            await self.kube.patch("apps/v1", "deployments", namespace, name, {"spec": {"replicas": decision.desired}})
+            kind = "ScaledUp" if decision.desired > current else "ScaledDown"
+            await post_event(self.kube, {**cr, "kind": cr.get("kind")}, "Normal", kind,
+                             f"{current} -> {decision.desired} allocations: {decision.reason}")
+            log.info("%s %s/%s: %d -> %d allocations (%s)", plural, namespace, cr["metadata"]["name"], current,
+                     decision.desired, decision.reason)
+        if changed or now - float(previous.get("time") or 0) >= PERSIST_EVERY_S:
+            record = {"target": decision.desired, "reason": decision.reason, "load": decision.load,
+                      "time": now, "state": decision.state}
+            await self.kube.patch(API_VERSION, plural, namespace, cr["metadata"]["name"],
+                                  {"status": {"autoscaler": record}}, subresource="status")
+        return int(changed)
+
+
+async def scale_from_zero(kube: Any, namespace: str, deployment_id: str, owner: dict[str, Any], plural: str) -> None:
+    """A request arrived while the deployment has no allocation: start one now (the gateway calls this)."""
+    name = workload_name(deployment_id)
+    workload = await kube.get("apps/v1", "deployments", namespace, name)
+    if workload is None or (workload["spec"].get("replicas") or 0) > 0:
+        return
+    await kube.patch("apps/v1", "deployments", namespace, name, {"spec": {"replicas": 1}})
+    await kube.patch(API_VERSION, plural, namespace, owner["metadata"]["name"], {"status": {"autoscaler": {
+        "target": 1, "reason": "a request arrived while scaled to zero", "time": time.time()}}},
+        subresource="status")
+    await post_event(kube, owner, "Normal", "ScaledUp", "0 -> 1 allocations: a request arrived while scaled to zero")
