@@ -26,6 +26,7 @@ class EmbeddedOptions:
     worker_log_level: str = "warning"
     # Where built-in models are downloaded from (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, huggingface.co).
     model_hub: str | None = None
+    allow_download: bool = True
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     gateway: GatewaySettings = GatewaySettings()
 
@@ -34,7 +35,7 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
     options = options or EmbeddedOptions()
     models = ModelStore(data_dir / "models")
     models.clean_staging()
-    catalog = ModelCatalog(models, hub=options.model_hub)
+    catalog = ModelCatalog(models, hub=options.model_hub, allow_download=options.allow_download)
     runtime = LocalRuntime(
         LocalSettings(
             data_dir=data_dir,

@@ -9,6 +9,7 @@ describes every route.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -52,6 +53,18 @@ class GatewaySettings:
 # -- OpenAPI descriptions of bodies the handlers read themselves ------------------------------------
 
 
+def _query(*params: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """OpenAPI descriptions of query parameters the handlers read themselves (Elasticsearch's names)."""
+    return {"parameters": [{"name": n, "in": "query", "required": False, "description": d, "schema": sch}
+                           for n, d, sch in params]}
+
+
+_STR = {"type": "string"}
+_BOOL = {"type": "string", "enum": ["true", "false", ""]}
+_INT = {"type": "integer"}
+_TIMEOUT = ("timeout", "how long to wait, as an Elasticsearch time value (30s, 2m); default 30s", _STR)
+
+
 def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "requestBody": {
@@ -62,7 +75,9 @@ def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
-_PUT_BODY = _json_body(EndpointBody.model_json_schema(ref_template="#/components/schemas/{model}"), "The endpoint")
+_PUT_SCHEMA = EndpointBody.model_json_schema(ref_template="#/components/schemas/{model}")
+_PUT_DEFS = _PUT_SCHEMA.pop("$defs", {})
+_PUT_BODY = {**_json_body(_PUT_SCHEMA, "The endpoint"), **_query(_TIMEOUT)}
 _INFER_BODY = _json_body(
     {
         "type": "object",
@@ -78,7 +93,15 @@ _INFER_BODY = _json_body(
         "additionalProperties": False,
     },
     "Texts to embed, or a query and documents to rerank",
-)
+) | _query(_TIMEOUT, ("chunked", "answer each input's chunks (chunking_settings), with offsets", _BOOL))
+_DELETE_QUERY = _query(("force", "delete even if other endpoints use its deployment", _BOOL),
+                       ("dry_run", "check only", _BOOL))
+_START_QUERY = _query(("deployment_id", "default: the model id", _STR), ("number_of_allocations", "default 1", _INT),
+                      ("threads_per_allocation", "a power of 2, at most 32; default 1", _INT),
+                      ("queue_capacity", "inputs waiting per allocation before 429", _INT),
+                      ("priority", "normal or low", {"type": "string", "enum": ["normal", "low"]}),
+                      ("wait_for", "starting, started or fully_allocated",
+                       {"type": "string", "enum": ["starting", "started", "fully_allocated"]}), _TIMEOUT)
 
 
 # -- responses ------------------------------------------------------------------------------------
@@ -133,6 +156,12 @@ async def read_json(request: Request, max_bytes: int, *, required: bool = True) 
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ParseError(f"Failed to parse request body: {exc}") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # -- middleware ----------------------------------------------------------------------------------
@@ -263,6 +292,18 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(ElasticsearchHeaders)
     app.state.service = service
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the spec models the hand-read request bodies refer to."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(_PUT_DEFS)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.metrics = metrics
 
     @app.exception_handler(InfernetesError)
@@ -344,12 +385,18 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         return json_response(request, await service.update_endpoint(task_type, inference_id, body))
 
     # Declared before the PUT routes: /_inference/{id}/_update would otherwise read as {task_type}/{id}.
-    @app.put("/_inference/{task_type}/{inference_id}/_update", tags=["inference"],
+    update_body = _json_body({"type": "object", "properties": {
+        "service_settings": {"type": "object", "properties": {
+            "num_allocations": {"type": "integer", "minimum": 1},
+            "adaptive_allocations": {"$ref": "#/components/schemas/AdaptiveAllocations"}}},
+        "task_settings": {"$ref": "#/components/schemas/TaskSettings"}}}, "What to change")
+
+    @app.put("/_inference/{task_type}/{inference_id}/_update", tags=["inference"], openapi_extra=update_body,
              summary="Update an endpoint's allocations or task settings")
     async def update_typed(request: Request, task_type: str, inference_id: str) -> Response:
         return await update(request, task_type, inference_id)
 
-    @app.put("/_inference/{inference_id}/_update", tags=["inference"],
+    @app.put("/_inference/{inference_id}/_update", tags=["inference"], openapi_extra=update_body,
              summary="Update an endpoint's allocations or task settings")
     async def update_untyped(request: Request, inference_id: str) -> Response:
         return await update(request, None, inference_id)
@@ -368,12 +415,13 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     async def list_all(request: Request) -> Response:
         return json_response(request, {"endpoints": await service.get_endpoints()})
 
-    @app.get("/_inference/{task_type_or_id}", tags=["inference"], summary="Get an endpoint, or list by task type")
-    async def get_one(request: Request, task_type_or_id: str) -> Response:
-        if task_type_or_id in ("text_embedding", "sparse_embedding", "rerank"):
-            endpoints = await service.get_endpoints(task_type=task_type_or_id)
+    @app.get("/_inference/{inference_id}", tags=["inference"],
+             summary="Get an endpoint (or, given a task type, list the endpoints of that type)")
+    async def get_one(request: Request, inference_id: str) -> Response:
+        if inference_id in ("text_embedding", "sparse_embedding", "rerank"):
+            endpoints = await service.get_endpoints(task_type=inference_id)
         else:
-            endpoints = await service.get_endpoints(inference_id=task_type_or_id)
+            endpoints = await service.get_endpoints(inference_id=inference_id)
         return json_response(request, {"endpoints": endpoints})
 
     @app.get("/_inference/{task_type}/{inference_id}", tags=["inference"], summary="Get an inference endpoint")
@@ -386,11 +434,13 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         )
         return json_response(request, result)
 
-    @app.delete("/_inference/{task_type}/{inference_id}", tags=["inference"], summary="Delete an inference endpoint")
+    @app.delete("/_inference/{task_type}/{inference_id}", tags=["inference"], summary="Delete an inference endpoint",
+                openapi_extra=_DELETE_QUERY)
     async def delete_typed(request: Request, task_type: str, inference_id: str) -> Response:
         return await delete(request, task_type, inference_id)
 
-    @app.delete("/_inference/{inference_id}", tags=["inference"], summary="Delete an inference endpoint")
+    @app.delete("/_inference/{inference_id}", tags=["inference"], summary="Delete an inference endpoint",
+                openapi_extra=_DELETE_QUERY)
     async def delete_untyped(request: Request, inference_id: str) -> Response:
         return await delete(request, None, inference_id)
 
@@ -398,7 +448,17 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         body = await read_json(request, settings.max_body_bytes)
         timeout = parse_time(request.query_params.get("timeout"), settings.inference_timeout)
         chunked = _flag(request, "chunked")
-        status, content, headers = await service.infer(inference_id, task_type, body, timeout, chunked=chunked)
+        call = asyncio.ensure_future(service.infer(inference_id, task_type, body, timeout, chunked=chunked))
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not call.done():
+            # The client went away: cancelling closes the connection to the worker, which drops the job.
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await call
+            return Response(status_code=499)
+        gone.cancel()
+        status, content, headers = call.result()
         if status == 200 and (_flag(request, "pretty") or request.query_params.get("filter_path")):
             return json_response(request, orjson.loads(content), status, headers)
         # The worker's answer goes out as it came: no parsing, no re-serialising.
@@ -431,7 +491,7 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     async def models_one(request: Request, model_id: str) -> Response:
         return json_response(request, await service.trained_models(model_id))
 
-    @app.post("/_ml/trained_models/{model_id}/deployment/_start", tags=["ml"],
+    @app.post("/_ml/trained_models/{model_id}/deployment/_start", tags=["ml"], openapi_extra=_START_QUERY,
               summary="Start a deployment of a model (deployment_id defaults to the model id)")
     async def start(request: Request, model_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes, required=False) or {}
@@ -451,7 +511,8 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         )
         return json_response(request, result)
 
-    @app.post("/_ml/trained_models/{model_id}/deployment/_stop", tags=["ml"], summary="Stop a deployment")
+    @app.post("/_ml/trained_models/{model_id}/deployment/_stop", tags=["ml"], summary="Stop a deployment",
+              openapi_extra=_query(("force", "stop even if endpoints use it (and remove them)", _BOOL)))
     async def stop(request: Request, model_id: str) -> Response:
         return json_response(request, await service.stop_deployment(model_id, force=_flag(request, "force")))
 

@@ -66,7 +66,7 @@ class LocalAutoscaler:
         await self._client.aclose()
 
     async def _run(self) -> None:
-        requests: asyncio.Queue[str] = self.runtime.scale_requests
+        requests: asyncio.Queue[str] = self.runtime.scale_requests or asyncio.Queue()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(requests.get(), self.settings.interval_s)

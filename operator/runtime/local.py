@@ -136,7 +136,8 @@ class LocalRuntime:
         self.run_dir = settings.data_dir / "run"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.scale_requests: asyncio.Queue[str] = asyncio.Queue()
+        # Created in start(), inside the event loop that serves (asyncio queues bind to one loop).
+        self.scale_requests: asyncio.Queue[str] | None = None
         self.autoscaler_metrics = metrics or AutoscalerMetrics()
         self.autoscaler = LocalAutoscaler(self, autoscaler, self.autoscaler_metrics) if autoscaler else None
 
@@ -244,6 +245,7 @@ class LocalRuntime:
         return max(1, self.cap // max(1, deployment.num_threads))
 
     async def start(self) -> None:
+        self.scale_requests = asyncio.Queue()
         if self.autoscaler is not None:
             self.autoscaler.start()
 
@@ -267,7 +269,7 @@ class LocalRuntime:
             )
         dep.held += 1
         try:
-            if dep.target == 0:
+            if dep.target == 0 and self.scale_requests is not None:
                 self.scale_requests.put_nowait(dep.spec.deployment_id)
             async with dep.changed:
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -1,0 +1,147 @@
+"""Bad input: the published OpenAPI document fuzzed with schemathesis, hypothesis bodies, hostile values.
+Zero 5xx, every refusal an Elasticsearch-shaped 4xx, and a refused request creates nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import schemathesis
+from helpers import ServerThread
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infernetes.operator.embedded import EmbeddedOptions
+
+COUNTS = {"schemathesis_cases": 0, "hypothesis_bodies": 0, "hostile_requests": 0, "server_errors": 0}
+
+
+def assert_es_error(status: int, body: object) -> None:
+    assert isinstance(body, dict) and set(body) == {"error", "status"}, body
+    assert body["status"] == status
+    error = body["error"]
+    assert isinstance(error, dict) and error["type"] and error["reason"]
+    assert error["root_cause"][0]["type"] == error["type"]
+
+
+def check(response_status: int, json_body, figures_key: str) -> None:
+    COUNTS[figures_key] += 1
+    if response_status >= 500:
+        COUNTS["server_errors"] += 1
+    assert response_status < 500, json_body
+    if response_status >= 400:
+        assert_es_error(response_status, json_body)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real gateway on loopback, with no models (nothing valid can start a worker)."""
+    with ServerThread(tmp_path_factory.mktemp("fuzz"), EmbeddedOptions(allow_download=False)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client(timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def api_schema(server):
+    return schemathesis.openapi.from_url(server.url + "/_openapi.json")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(figures):
+    yield
+    figures["fuzz"] = dict(COUNTS)
+
+
+
+
+
+def test_openapi_fuzz(api_schema, server):
+    """Every operation of the published OpenAPI document, with schemathesis-generated requests."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 20  # every route is described
+
+    for operation in operations:
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def attempt(case):
+            response = case.call(base_url=server.url, timeout=30)
+
+            def header(name: str) -> str:
+                value = response.headers.get(name) or [""]
+                return value[0] if isinstance(value, list) else value
+
+            content_type = header("content-type")
+            body = response.json() if content_type.startswith(("application/json", "application/vnd")) else None
+            if response.status_code >= 400:
+                check(response.status_code, body, "schemathesis_cases")
+            else:
+                COUNTS["schemathesis_cases"] += 1
+            assert header("x-elastic-product") == "Elasticsearch"
+
+        attempt()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+SETTINGS_KEYS = ["model_id", "deployment_id", "num_allocations", "num_threads", "adaptive_allocations", "x"]
+BODIES = st.fixed_dictionaries(
+    {"service": st.sampled_from(["elasticsearch", "openai", 3, None])},
+    optional={
+        "service_settings": st.dictionaries(st.sampled_from(SETTINGS_KEYS), JSON, max_size=5),
+        "task_settings": st.dictionaries(st.sampled_from(["return_documents", "top_n", "input_type", "y"]), JSON),
+        "chunking_settings": st.dictionaries(st.sampled_from(["strategy", "max_chunk_size", "overlap",
+                                                              "sentence_overlap"]), JSON),
+        "extra": JSON,
+    },
+)
+
+
+def test_hypothesis_put_bodies(client):
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=BODIES, task=st.sampled_from(["text_embedding", "sparse_embedding", "rerank", "completion"]))
+    def attempt(body, task):
+        resp = client.put(f"/_inference/{task}/fuzzed", json=body)
+        check(resp.status_code, resp.json(), "hypothesis_bodies")
+        # Nothing here can exist (no models are installed): whatever was refused created nothing.
+        assert client.get("/_inference").json() == {"endpoints": []}
+
+    attempt()
+
+
+HOSTILE = [
+    ("PUT", "/_inference/text_embedding/huge", b'{"service": "elasticsearch", "service_settings": '
+     b'{"num_allocations": 1e308, "num_threads": 18446744073709551617, "model_id": "m"}}', 400),
+    ("PUT", "/_inference/text_embedding/deep", b'{"a":' * 5000 + b"1" + b"}" * 5000, 400),
+    ("PUT", "/_inference/text_embedding/utf8", b'{"service": "elasticsearch\xff\xfe"}', 400),
+    ("PUT", "/_inference/text_embedding/..", b"{}", None),  # the path normalises to /_inference: 405
+    ("PUT", "/_inference/text_embedding/a%2F..%2F..%2Fetc", b'{}', None),
+    ("PUT", "/_inference/text_embedding/escape", b'{"service": "elasticsearch", "service_settings": '
+     b'{"num_allocations": 1, "num_threads": 1, "model_id": "../../etc/passwd"}}', 400),
+    ("PUT", "/_inference/text_embedding/escape2", b'{"service": "elasticsearch", "service_settings": '
+     b'{"num_allocations": 1, "num_threads": 1, "model_id": "/etc/passwd"}}', 400),
+    ("PUT", "/_inference/text_embedding/nul", b'{"service": "elasticsearch\\u0000"}', 400),
+    ("POST", "/_inference/text_embedding/x", b'[' * 100000, 400),
+    ("PUT", "/_inference/text_embedding/big", b'{"service": "' + b"x" * (33 * 1024 * 1024) + b'"}', 413),
+    ("POST", "/_ml/trained_models/..%2F..%2Fetc/deployment/_start", b'', None),
+    ("GET", "/_ml/trained_models/%00/_stats", b'', None),
+    ("PUT", "/_inference/text_embedding/" + "a" * 5000, b'{}', None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "expected"), HOSTILE, ids=[h[1][:40] for h in HOSTILE])
+def test_hostile_values(client, server, method, path, body, expected):
+    resp = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    check(resp.status_code, resp.json(), "hostile_requests")
+    assert resp.status_code >= 400
+    if expected is not None:
+        assert resp.status_code == expected, resp.text
+    assert client.get("/_inference").json() == {"endpoints": []}
+    assert not list(Path(server.data_dir).rglob("passwd"))
