@@ -1,11 +1,16 @@
 """Built-in model ids and their download from a Hugging Face-compatible hub into the model store.
 
 ``.multilingual-e5-small``, ``.elser_model_2`` and ``.rerank-v1`` (and their ``_linux-x86_64``
-variants) resolve to open checkpoints. A download lists the repository, fetches only safetensors
-weights and the tokenizer and config files (never pickles), resumes interrupted files (the
-staging folder ``.download-<id>`` survives a crash), checks every file against the hub's
-checksums (sha256 for LFS files, the git blob id for the others), reports progress, and moves
-the finished folder into the store in one rename.
+variants) resolve to open checkpoints. A download lists the repository (huggingface_hub's API,
+its token and endpoint conventions), fetches only safetensors weights and the tokenizer and
+config files (never pickles), checks every file against the hub's checksums (sha256 for LFS
+files, the git blob id for the others), reports progress, and moves the finished folder into the
+store in one rename.
+
+Files are transferred here with HTTP range requests into ``<file>.part`` in the staging folder
+``.download-<id>``, which survives a crash: a download killed halfway resumes from the bytes on
+disk, file by file, instead of starting over (huggingface_hub's own downloads restart an
+interrupted file in a new process).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 from .modelstore import PICKLE_SUFFIXES, ModelInfo, ModelStore, ModelStoreError, check_model_id
 
@@ -119,26 +127,6 @@ class Progress:
                 out["error"] = self.error
             return out
 
-    def tqdm_class(self) -> type:
-        """A silent tqdm that feeds this object: huggingface_hub reports bytes through it."""
-        from tqdm.auto import tqdm
-
-        progress = self
-
-        class _Tqdm(tqdm):  # type: ignore[misc]
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs["disable"] = True
-                initial = kwargs.get("initial", 0) or 0
-                super().__init__(*args, **kwargs)
-                if initial:
-                    progress.add(int(initial))  # bytes already on disk from an interrupted download
-
-            def update(self, n: float | None = 1) -> bool | None:
-                progress.add(int(n or 0))
-                return super().update(n)
-
-        return _Tqdm
-
 
 def _wanted(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
@@ -181,7 +169,7 @@ def pull(
     progress: Progress | None = None,
 ) -> ModelInfo:
     """Download a model (a built-in id, or any hub repository with ``repo_id``) into the store."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
     canonical = canonical_id(model_id)
@@ -214,17 +202,19 @@ def pull(
                 f"model [{model_id}] ({repo_id}) has no safetensors weights; pickle weights are never downloaded"
             )
         progress.set(total_bytes=sum(e.size for e in entries), files_total=len(entries))
-        tqdm_class = progress.tqdm_class()
+        from huggingface_hub.utils import build_hf_headers
+
+        headers = build_hf_headers(token=token, library_name="infernetes")
         for entry in entries:
             expected = entry.lfs.sha256 if entry.lfs else entry.blob_id
             target = staging / entry.path
             if target.is_file() and target.stat().st_size == entry.size and _digest(target, expected) == expected:
                 progress.add(entry.size)  # finished by an earlier, interrupted run
             else:
+                url = f"{endpoint}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(entry.path)}"
                 try:
-                    hf_hub_download(repo_id, entry.path, revision=revision, local_dir=staging, endpoint=endpoint,
-                                    token=token, tqdm_class=tqdm_class)
-                except Exception as exc:
+                    fetch(url, target, entry.size, headers, progress)
+                except httpx.HTTPError as exc:
                     raise DownloadError(
                         f"Could not download [{entry.path}] of model [{model_id}] ({repo_id}) from {endpoint}: "
                         f"{type(exc).__name__}: {_short(exc)}; {offline_hint(canonical)}"
@@ -246,6 +236,50 @@ def pull(
     except (DownloadError, ModelStoreError) as exc:
         progress.set(state="failed", error=str(exc))
         raise DownloadError(str(exc)) from exc
+
+
+def fetch(url: str, target: Path, size: int, headers: dict[str, str], progress: Progress,
+          attempts: int = 5) -> None:
+    """Download one file into ``target``, resuming from ``<target>.part`` with HTTP range requests."""
+    part = target.with_name(target.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        start = part.stat().st_size if part.exists() else 0
+        if start > size:
+            part.unlink()
+            start = 0
+        if start == size:
+            break
+        request_headers = dict(headers)
+        if start:
+            request_headers["Range"] = f"bytes={start}-"
+        try:
+            with httpx.stream("GET", url, headers=request_headers, follow_redirects=True,
+                              timeout=httpx.Timeout(30.0, read=120.0), trust_env=True) as resp:
+                if resp.status_code == 416:  # our partial file is stale: start over
+                    part.unlink(missing_ok=True)
+                    continue
+                resp.raise_for_status()
+                if start and resp.status_code == 200:  # the server ignored the range
+                    start = 0
+                if start:
+                    progress.add(start)
+                with part.open("ab" if start else "wb") as f:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        f.write(chunk)
+                        progress.add(len(chunk))
+                    f.flush()
+                    os.fsync(f.fileno())
+            if part.stat().st_size == size:
+                break
+        except (httpx.TransportError, httpx.RemoteProtocolError):
+            if attempt == attempts - 1:
+                raise
+            progress.add(-(part.stat().st_size if part.exists() else 0))  # counted again on the retry
+            time.sleep(min(2 ** attempt, 10))
+    if not part.exists() or part.stat().st_size != size:
+        raise httpx.TransportError(f"incomplete download of {target.name}")
+    os.replace(part, target)
 
 
 def _short(exc: BaseException) -> str:
