@@ -6,7 +6,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv serve test bench lint clean generate kind-e2e
+.PHONY: venv serve test bench lint clean generate kind-e2e resilience
 
 venv: $(VENV)/.installed
 
@@ -40,3 +40,7 @@ generate: venv
 # The real-cluster end-to-end test (needs docker, kind, kubectl, helm): see scripts/kind-e2e.sh.
 kind-e2e: venv
 	scripts/kind-e2e.sh
+
+# The resilience suite alone, writing its figures to bench/results/resilience.json (summarised in README).
+resilience: venv
+	INFERNETES_RESILIENCE_OUT=bench/results/resilience.json $(VENV)/bin/pytest tests/resilience -q

@@ -1,0 +1,117 @@
+"""Intruders: no key, no entry; keys never reach logs; workers only on loopback; pickles never loaded."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from infernetes.worker.modelstore import MANIFEST, ModelStore
+
+pytestmark = pytest.mark.slow
+EXE = Path(sys.executable).with_name("infernetes")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str) -> None:
+    for _ in range(300):
+        try:
+            httpx.get(url + "/_infernetes/health", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
+def test_keys_are_required_off_loopback_and_never_logged(tmp_path, tiny_model_dir, figures):
+    ModelStore(tmp_path / "models").import_folder(tiny_model_dir, "tiny")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(EXE), "serve", "--host", "0.0.0.0", "--port", str(port), "--data-dir",
+                                 str(tmp_path), "--log-level", "debug", "--access-log"], stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(url)
+        assert httpx.get(url + "/_inference").status_code == 401  # listening beyond loopback: keys required
+        encoded = (tmp_path / "bootstrap-api-key").read_text().strip()
+        assert oct((tmp_path / "bootstrap-api-key").stat().st_mode & 0o777) == "0o600"
+        secret = base64.b64decode(encoded).decode().split(":", 1)[1]
+        admin = {"Authorization": f"ApiKey {encoded}"}
+        body = {"service": "elasticsearch", "service_settings": {"num_allocations": 1, "num_threads": 1,
+                                                                 "model_id": "tiny"}}
+        assert httpx.put(f"{url}/_inference/text_embedding/guarded", json=body, headers=admin,
+                         timeout=60).status_code == 200
+        assert httpx.post(f"{url}/_inference/guarded", json={"input": "x"}, headers=admin).status_code == 200
+        wrong = base64.b64encode(encoded.encode()[:5] + b"nope").decode()
+        assert httpx.get(url + "/_inference", headers={"Authorization": f"ApiKey {wrong}"}).status_code == 401
+        created = json.loads(subprocess.run([str(EXE), "api-keys", "create", "--name", "reader", "--data-dir",
+                                             str(tmp_path)], capture_output=True, text=True, check=True).stdout)
+        reader = {"Authorization": f"ApiKey {created['encoded']}"}
+        assert httpx.post(f"{url}/_inference/guarded", json={"input": "x"}, headers=reader).status_code == 200
+        assert httpx.delete(f"{url}/_inference/guarded", headers=reader).status_code == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    logs = log.read_text() + "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    reader_secret = base64.b64decode(created["encoded"]).decode().split(":", 1)[1]
+    assert secret not in logs and reader_secret not in logs and encoded not in logs
+    stored = (tmp_path / "api-keys.json").read_text()
+    assert secret not in stored and reader_secret not in stored  # hashed at rest
+    figures["security"] = {"unauthenticated_status": 401, "wrong_privilege_status": 403,
+                           "secrets_in_logs": 0, "secrets_at_rest": 0}
+
+
+def test_workers_listen_on_loopback_only(server):
+    with server.client() as client:
+        assert client.put("/_inference/text_embedding/listening", json={
+            "service": "elasticsearch",
+            "service_settings": {"num_allocations": 1, "num_threads": 1, "model_id": "tiny"}}).status_code == 200
+        try:
+            workers = [p for p in psutil.Process().children(recursive=True)
+                       if "infernetes.worker" in (p.cmdline() or [])]
+            listening = [c.laddr for p in workers for c in p.net_connections(kind="inet") if c.status == "LISTEN"]
+            assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+        finally:
+            client.delete("/_inference/listening")
+
+
+MARKER = Path("/tmp/infernetes-pickle-was-loaded")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (Path.write_text, (MARKER, "pwned"))
+
+
+def test_pickle_weights_are_never_loaded(tmp_path, minilm_dir):
+    """A store folder tampered with by hand: safetensors removed, a booby-trapped pickle put in their place."""
+    MARKER.unlink(missing_ok=True)
+    store = ModelStore(tmp_path / "models")
+    info = store.import_folder(minilm_dir, "tampered")
+    (info.path / "model.safetensors").unlink()
+    (info.path / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    manifest = json.loads((info.path / MANIFEST).read_text())
+    (info.path / MANIFEST).write_text(json.dumps(manifest))
+    proc = subprocess.run([str(EXE), "worker", "--model-dir", str(info.path), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3  # the model failed to load ...
+    assert "failed to load" in proc.stderr
+    assert not MARKER.exists()  # ... and nothing was unpickled
+    shutil.rmtree(info.path)
