@@ -96,11 +96,36 @@ def _matches(patterns: list[str], *names: str) -> bool:
 
 
 class InferenceService:
+    # Endpoints looked up by inference calls are kept this long (writes through this service drop them at once;
+    # in a cluster, kubectl edits show after at most this long).
+    CACHE_SECONDS = 1.0
+
     def __init__(self, store: Store, runtime: Runtime, catalog: ModelCatalog, limits: Limits | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.catalog = catalog
         self.limits = limits or Limits()
+        self._cache: dict[str, tuple[float, Endpoint, EndpointSpec]] = {}
+
+    async def _endpoint_for_inference(self, inference_id: str) -> tuple[Endpoint, EndpointSpec]:
+        """The endpoint and its parsed spec, from a short-lived cache (the hot path does no store reads)."""
+        hit = self._cache.get(inference_id)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.CACHE_SECONDS:
+            return hit[1], hit[2]
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            self._cache.pop(inference_id, None)
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        spec = parse_endpoint(ep.task_type, ep.inference_id, ep.body)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[inference_id] = (now, ep, spec)
+        return ep, spec
+
+    def _forget(self, *inference_ids: str) -> None:
+        for inference_id in inference_ids:
+            self._cache.pop(inference_id, None)
 
     async def restore(self) -> None:
         """Bring every stored deployment back (after a restart of the server)."""
@@ -141,6 +166,7 @@ class InferenceService:
             body=spec.body.model_dump(exclude_none=True),
         )
         await self.store.create(endpoint, created)
+        self._forget(inference_id)
         if created is not None:
             await self.runtime.apply(created)
             status = await self.runtime.wait(created.deployment_id, timeout)
@@ -250,6 +276,7 @@ class InferenceService:
         if dry_run:
             return {"acknowledged": False, "pipelines": [], "indexes": []}
         await self.store.delete_endpoint(inference_id, with_deployment=owns)
+        self._forget(inference_id)
         if owns:
             await self.runtime.remove(ep.deployment_id)
         return {"acknowledged": True, "pipelines": []}
@@ -259,25 +286,26 @@ class InferenceService:
     async def infer(
         self, inference_id: str, task_type: str | None, body: Any, timeout: float, *, chunked: bool = False
     ) -> tuple[int, bytes, dict[str, str]]:
-        ep = await self.store.get_endpoint(inference_id)
-        if ep is None:
-            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        ep, spec = await self._endpoint_for_inference(inference_id)
         if task_type is not None and task_type != ep.task_type:
             validate_task_type(task_type)
             raise BadRequest(
                 f"Incompatible task_type, the requested type [{task_type}] does not match the inference "
                 f"endpoint type [{ep.task_type}]"
             )
-        payload = self.worker_request(ep, body, chunked=chunked)
-        if self.runtime.status(ep.deployment_id) is None:
+        payload = self.worker_request(ep, body, chunked=chunked, spec=spec)
+        try:
+            return await self.runtime.infer(ep.deployment_id, payload, timeout)
+        except ResourceNotFound:
             raise ResourceNotFound(
                 f"Inference endpoint [{inference_id}] refers to deployment [{ep.deployment_id}], which no longer "
                 "exists"
-            )
-        return await self.runtime.infer(ep.deployment_id, payload, timeout)
+            ) from None
 
-    def worker_request(self, ep: Endpoint, body: Any, *, chunked: bool = False) -> bytes:
+    def worker_request(self, ep: Endpoint, body: Any, *, chunked: bool = False,
+                       spec: EndpointSpec | None = None) -> bytes:
         """Validate an inference body and merge it with the endpoint's task settings."""
+        spec = spec or parse_endpoint(ep.task_type, ep.inference_id, ep.body)
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         task = ep.task_type
@@ -303,8 +331,9 @@ class InferenceService:
             raise ValidationFailed(
                 [f"[input] entry [{too_long[0]}] is longer than {self.limits.max_input_chars} characters"]
             )
-        stored = parse_endpoint(task, ep.inference_id, ep.body).task_settings()
-        request_ts = parse_task_settings(task, body.get("task_settings")).model_dump(exclude_none=True)
+        stored = spec.task_settings()
+        request_ts = parse_task_settings(task, body["task_settings"]).model_dump(exclude_none=True) \
+            if body.get("task_settings") is not None else {}
         merged = {**stored, **request_ts}
         out: dict[str, Any] = {"input": inputs}
         if task == "rerank":
@@ -332,7 +361,7 @@ class InferenceService:
         if chunked:
             if task == "rerank":
                 raise BadRequest("chunked inference does not apply to the [rerank] task")
-            out["chunking"] = parse_endpoint(task, ep.inference_id, ep.body).chunking.resolved()
+            out["chunking"] = spec.chunking.resolved()
         return orjson.dumps(out)
 
     # -- deployments on their own (_ml/trained_models/{id}/deployment/...) ------------------------
@@ -406,6 +435,7 @@ class InferenceService:
             )
         for inference_id in users:
             await self.store.delete_endpoint(inference_id, with_deployment=False)
+        self._forget(*users)
         await self.store.delete_deployment(dep.deployment_id)
         await self.runtime.remove(dep.deployment_id)
         return {"stopped": True}
@@ -460,6 +490,7 @@ class InferenceService:
             new_body["service_settings"] = settings
         updated = Endpoint(ep.inference_id, ep.task_type, ep.deployment_id, new_body, ep.created)
         await self.store.replace_endpoint(updated)
+        self._forget(inference_id)
         dep = await self.store.get_deployment(ep.deployment_id)
         return render_endpoint(updated, dep, self.catalog.get(dep.model_id) if dep else None)
 

@@ -105,3 +105,29 @@ def es_error(resp: httpx.Response) -> dict[str, Any]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def worker_pids(deployment_id: str, parent: int | None = None) -> list[int]:
+    """Worker processes of a deployment: spawned (`-m infernetes.worker`) or forked from its zygote."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline", "ppid"]):
+        cmd = p.info["cmdline"] or []
+        if deployment_id not in cmd or p.status() == psutil.STATUS_ZOMBIE:
+            continue
+        spawned = "infernetes.worker" in cmd
+        forked = "infernetes.worker.zygote" in cmd and _is_zygote_child(p)
+        if (spawned or forked) and (parent is None or p.info["ppid"] == parent or
+                                    (forked and psutil.Process(p.info["ppid"]).ppid() == parent)):
+            out.append(p.pid)
+    return out
+
+
+def _is_zygote_child(p) -> bool:
+    import psutil
+
+    try:
+        return "infernetes.worker.zygote" in (psutil.Process(p.ppid()).cmdline() or [])
+    except psutil.Error:
+        return False

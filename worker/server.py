@@ -10,6 +10,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 from .config import WorkerSettings
 
@@ -36,16 +37,19 @@ def watch_parent(parent_pid: int) -> None:
     threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
-def serve(settings: WorkerSettings) -> int:
+def serve(settings: WorkerSettings, engine: Any = None) -> int:
+    """Serve one allocation; ``engine`` is a model already loaded (by a zygote, before fork)."""
     configure_threads(settings.num_threads)
     if settings.parent_pid:
         watch_parent(settings.parent_pid)
+    # Hand the GIL over sooner: the model thread's short Python steps between torch calls wait less.
+    sys.setswitchinterval(0.001)
     import uvicorn
 
     from .app import create_app
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, engine)
     state = app.state.worker
     config = uvicorn.Config(
         app,

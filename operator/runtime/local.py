@@ -33,6 +33,7 @@ from ..errors import ResourceNotFound, ServiceUnavailable, TooManyRequests
 from ..records import Deployment
 from . import AllocationStatus, DeploymentStatus
 from .autoscaling import AutoscalerMetrics, LocalAutoscaler
+from .launch import SpawnLauncher, WorkerHandle, Zygote, ZygoteFailed, fork_supported
 from .router import Router
 
 log = logging.getLogger("infernetes.runtime")
@@ -51,6 +52,9 @@ class LocalSettings:
     # Requests held while a deployment has no ready allocation (starting, or scaled to zero): how many, how long.
     max_held_requests: int = 256
     hold_timeout_s: float = 120.0
+    # Fork allocations from one process that loaded the model (shared weights, starts in a blink), or
+    # start a fresh interpreter per allocation.
+    fork_workers: bool = field(default_factory=fork_supported)
     worker_log_level: str = "warning"
 
 
@@ -60,7 +64,7 @@ class Allocation:
     deployment: LocalDeployment
     sock: socket.socket
     state: str = "starting"
-    proc: asyncio.subprocess.Process | None = None
+    handle: WorkerHandle | None = None
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     started_at: float | None = None
@@ -103,6 +107,7 @@ class LocalDeployment:
     started_at: float = field(default_factory=time.time)
     held: int = 0
     download: Progress | None = None
+    zygote: Zygote | None = None  # the process that loaded the model and forks its workers
 
     def ready_urls(self) -> list[str]:
         return [a.url for a in self.allocations if a.state == "started" and not a.stopping]
@@ -136,6 +141,7 @@ class LocalRuntime:
         self.run_dir = settings.data_dir / "run"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.spawner = SpawnLauncher(settings.python, settings.data_dir)
         # Created in start(), inside the event loop that serves (asyncio queues bind to one loop).
         self.scale_requests: asyncio.Queue[str] | None = None
         self.autoscaler_metrics = metrics or AutoscalerMetrics()
@@ -176,6 +182,8 @@ class LocalRuntime:
         dep.stopping = True
         await dep.notify()
         await asyncio.gather(*(self._stop(a) for a in dep.allocations + dep.retiring))
+        if dep.zygote is not None:
+            await dep.zygote.close()
         self.deployments.pop(deployment_id, None)
 
     def status(self, deployment_id: str) -> DeploymentStatus | None:
@@ -290,7 +298,7 @@ class LocalRuntime:
 
     def _suspect(self, dep: LocalDeployment, url: str) -> None:
         for a in dep.allocations:
-            if a.url == url and a.state == "started" and (a.proc is None or a.proc.returncode is not None):
+            if a.url == url and a.state == "started" and (a.handle is None or a.handle.returncode is not None):
                 a.state = "starting"
 
     def _fetch_model(self, dep: LocalDeployment) -> None:
@@ -352,17 +360,16 @@ class LocalRuntime:
 
     async def _stop(self, alloc: Allocation) -> None:
         alloc.stopping = True
-        proc = alloc.proc
-        if proc is not None and proc.returncode is None:
+        handle = alloc.handle
+        if handle is not None and handle.returncode is None:
             alloc.state = "stopping"
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
+            handle.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), self.settings.drain_timeout + 5)
+                await asyncio.wait_for(handle.wait(), self.settings.drain_timeout + 5)
             except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                handle.kill()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(handle.wait(), 10)
         if alloc.task is not None:
             alloc.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -370,26 +377,38 @@ class LocalRuntime:
         alloc.state = "stopped"
         alloc.sock.close()
 
-    def _command(self, alloc: Allocation) -> list[str]:
+    def _worker_settings(self, alloc: Allocation) -> dict[str, Any]:
+        """The worker's settings (infernetes.worker.config.WorkerSettings), without the socket."""
         dep, s = alloc.deployment, self.settings
         assert dep.model is not None, "allocations start only once the model is in the store"
-        return [
-            # -P: never put the working directory on sys.path (a folder named operator/ would shadow the stdlib).
-            s.python, "-P", "-m", "infernetes.worker",
-            "--model-dir", str(dep.model.path),
-            "--deployment-id", dep.spec.deployment_id,
-            "--allocation-id", str(alloc.index),
-            "--num-threads", str(dep.spec.num_threads),
-            "--fd", str(alloc.sock.fileno()),
-            "--queue-capacity", str(dep.spec.queue_capacity),
-            "--max-batch-tokens", str(s.max_batch_tokens),
-            "--max-batch-size", str(s.max_batch_size),
-            "--max-inputs", str(s.max_inputs),
-            "--drain-timeout", str(s.drain_timeout),
-            "--termination-log", str(self.run_dir / f"{alloc.name}.termination"),
-            "--parent-pid", str(os.getpid()),
-            "--log-level", s.worker_log_level,
-        ]
+        return {
+            "model_dir": str(dep.model.path),
+            "deployment_id": dep.spec.deployment_id,
+            "allocation_id": str(alloc.index),
+            "num_threads": dep.spec.num_threads,
+            "queue_capacity": dep.spec.queue_capacity,
+            "max_batch_tokens": s.max_batch_tokens,
+            "max_batch_size": s.max_batch_size,
+            "max_inputs": s.max_inputs,
+            "drain_timeout": s.drain_timeout,
+            "termination_log": str(self.run_dir / f"{alloc.name}.termination"),
+            "parent_pid": os.getpid(),
+            "log_level": s.worker_log_level,
+        }
+
+    async def _launch(self, alloc: Allocation) -> WorkerHandle:
+        dep = alloc.deployment
+        settings = self._worker_settings(alloc)
+        if not self.settings.fork_workers:
+            args = [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+            return await self.spawner.launch(args, alloc.sock.fileno(), self.logs / f"{alloc.name}.log")
+        if dep.zygote is None:
+            assert dep.model is not None
+            name = dep.spec.deployment_id
+            dep.zygote = Zygote(self.settings.python, self.settings.data_dir, dep.model.path,
+                                self.logs / f"{name}-zygote.log", self.run_dir / f"{name}-zygote.termination", name)
+        settings.pop("parent_pid")  # a forked worker watches the zygote, its parent
+        return await dep.zygote.launch(settings, alloc.sock.fileno())
 
     async def _supervise(self, alloc: Allocation) -> None:
         dep = alloc.deployment
@@ -399,33 +418,27 @@ class LocalRuntime:
             termination.unlink(missing_ok=True)
             alloc.state = "starting"
             await dep.notify()
-            with open(self.logs / f"{alloc.name}.log", "ab") as logf:
-                alloc.proc = await asyncio.create_subprocess_exec(
-                    *self._command(alloc),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=logf,
-                    pass_fds=(alloc.sock.fileno(),),
-                    start_new_session=True,
-                    cwd=self.settings.data_dir,
-                )
-            proc = alloc.proc
-            ready = await self._wait_ready(alloc, proc)
-            if ready:
-                alloc.state = "started"
-                alloc.started_at = time.time()
-                alloc.failure = None
-                dep.failure = None
-                await dep.notify()
-                up_since = time.monotonic()
-                code = await proc.wait()
-                if time.monotonic() - up_since > 60:
-                    backoff = 0.5
+            try:
+                handle = alloc.handle = await self._launch(alloc)
+            except ZygoteFailed as exc:
+                code, reason = exc.code, exc.reason
             else:
-                code = await proc.wait()
+                ready = await self._wait_ready(alloc, handle)
+                if ready:
+                    alloc.state = "started"
+                    alloc.started_at = time.time()
+                    alloc.failure = None
+                    dep.failure = None
+                    await dep.notify()
+                    up_since = time.monotonic()
+                    code = await handle.wait()
+                    if time.monotonic() - up_since > 60:
+                        backoff = 0.5
+                else:
+                    code = await handle.wait()
+                reason = termination.read_text().strip() if termination.exists() else ""
             if alloc.stopping:
                 break
-            reason = termination.read_text().strip() if termination.exists() else ""
             if code == EXIT_MODEL_FAILED:
                 alloc.state = "failed"
                 alloc.failure = reason or f"worker exited with code {code}"
@@ -441,7 +454,7 @@ class LocalRuntime:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.max_backoff)
 
-    async def _wait_ready(self, alloc: Allocation, proc: asyncio.subprocess.Process) -> bool:
+    async def _wait_ready(self, alloc: Allocation, proc: WorkerHandle) -> bool:
         while proc.returncode is None and not alloc.stopping:
             try:
                 resp = await self._probe.get(alloc.url + "/readyz", timeout=1.0)

@@ -3,36 +3,43 @@
 Picks the ready allocation with the fewest requests in flight from this gateway, and when the
 chosen worker dies mid-request (connection refused or reset), retries once on another one:
 inference is idempotent, so a retry is safe. The worker's answer is passed through unparsed.
+
+aiohttp rather than httpx here: on this hot path it costs about half the CPU per request
+(profiled), and kopf already brings it in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
-import socket
 from collections.abc import Callable
 
-import httpx
+import aiohttp
 
 from ..errors import RequestTimeout, ServiceUnavailable
 
-RETRIABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+RETRIABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class Router:
     def __init__(self) -> None:
-        # TCP_NODELAY: httpx writes headers and body separately; with Nagle's algorithm on, the body waits for
-        # the worker's delayed ACK (40 ms) on every reused connection.
-        transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=60),
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
-        self.client = httpx.AsyncClient(transport=transport, timeout=None, trust_env=False)
+        self._session: aiohttp.ClientSession | None = None
         self.inflight: collections.Counter[str] = collections.Counter()
         self._turn = itertools.count()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the serving event loop.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
+        return self._session
+
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     def pick(self, urls: list[str]) -> str:
         # Least in flight; among equals, take turns so idle allocations share the load.
@@ -57,13 +64,13 @@ class Router:
             url = self.pick(candidates)
             self.inflight[url] += 1
             try:
-                resp = await self.client.post(
-                    url + "/infer",
-                    content=payload,
-                    headers={"content-type": "application/json"},
-                    timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-                )
-            except httpx.TimeoutException:
+                async with self.session.post(url + "/infer", data=payload, headers=JSON_HEADERS,
+                                             timeout=aiohttp.ClientTimeout(total=timeout,
+                                                                           connect=min(5.0, timeout))) as resp:
+                    content = await resp.read()
+                    retry_after = resp.headers.get("Retry-After")
+                    return resp.status, content, {"Retry-After": retry_after} if retry_after else {}
+            except asyncio.TimeoutError:
                 raise RequestTimeout(
                     f"Timed out after [{timeout:g}s] waiting for inference on {what}; "
                     "the request was cancelled (raise ?timeout= for long inputs)"
@@ -73,13 +80,10 @@ class Router:
                 candidates.remove(url)
                 if on_failure:
                     on_failure(url)
-                continue
             finally:
                 self.inflight[url] -= 1
                 if self.inflight[url] <= 0:
                     del self.inflight[url]
-            headers = {k: v for k, v in resp.headers.items() if k.lower() == "retry-after"}
-            return resp.status_code, resp.content, headers
         raise ServiceUnavailable(
             f"no allocation of {what} could process the request"
             + (f" (the allocation failed: {type(last_error).__name__})" if last_error else "")

@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from helpers import ServerThread, es_error, put_endpoint
+from helpers import ServerThread, es_error, put_endpoint, worker_pids
 
 from infernetes.operator.embedded import EmbeddedOptions
 from infernetes.worker.modelstore import ModelStore
@@ -18,15 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def worker_processes(deployment_id: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            cmd = proc.cmdline()
-        except psutil.Error:
-            continue
-        if "infernetes.worker" in cmd and deployment_id in cmd:
-            found.append(proc)
-    return found
+    return [psutil.Process(pid) for pid in worker_pids(deployment_id)]
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2):

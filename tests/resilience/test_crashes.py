@@ -19,22 +19,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import ServerThread, put_endpoint
+from helpers import ServerThread, put_endpoint, worker_pids
 from hubserver import FakeHub
 
 from infernetes.worker.modelstore import ModelStore
 
 pytestmark = pytest.mark.slow
 EXE = Path(sys.executable).with_name("infernetes")
-
-
-def worker_pids(deployment_id: str, parent: int | None = None) -> list[int]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "ppid"]):
-        cmd = p.info["cmdline"] or []
-        if "infernetes.worker" in cmd and deployment_id in cmd and (parent is None or p.info["ppid"] == parent):
-            out.append(p.pid)
-    return out
 
 
 def stats(client, eid):

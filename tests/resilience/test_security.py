@@ -84,8 +84,9 @@ def test_workers_listen_on_loopback_only(server):
             "service": "elasticsearch",
             "service_settings": {"num_allocations": 1, "num_threads": 1, "model_id": "tiny"}}).status_code == 200
         try:
-            workers = [p for p in psutil.Process().children(recursive=True)
-                       if "infernetes.worker" in (p.cmdline() or [])]
+            from helpers import worker_pids
+
+            workers = [psutil.Process(pid) for pid in worker_pids("listening")]
             listening = [c.laddr for p in workers for c in p.net_connections(kind="inet") if c.status == "LISTEN"]
             assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
         finally:

@@ -1,0 +1,193 @@
+"""Starting worker processes for the embedded runtime: forked from a per-model zygote, or spawned.
+
+Both launchers hand back a :class:`WorkerHandle` (pid, wait, signals), so the supervisor does not
+care which one made the process. Forking shares the loaded weights between allocations; spawning
+a fresh interpreter per allocation is the fallback where ``fork`` is unavailable or unwanted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("infernetes.runtime")
+
+
+class WorkerHandle:
+    """A running worker process, whoever started it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def _done(self, code: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+
+class SpawnLauncher:
+    """One fresh interpreter per allocation (``python -m infernetes.worker``)."""
+
+    def __init__(self, python: str, cwd: Path) -> None:
+        self.python = python
+        self.cwd = cwd
+
+    async def launch(self, args: list[str], fd: int, log_file: Path) -> WorkerHandle:
+        with open(log_file, "ab") as out:
+            # -P: never put the working directory on sys.path (a folder named operator/ would shadow the stdlib).
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-P", "-m", "infernetes.worker", *args, "--fd", str(fd),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(fd,),
+                start_new_session=True, cwd=self.cwd,
+            )
+        handle = WorkerHandle(proc.pid)
+
+        async def reap() -> None:
+            handle._done(await proc.wait())
+
+        asyncio.create_task(reap())
+        return handle
+
+    async def close(self) -> None:
+        return None
+
+
+class ZygoteFailed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Zygote:
+    """A process that loaded one model and forks workers from it on request."""
+
+    def __init__(self, python: str, cwd: Path, model_dir: Path, log_file: Path, termination_log: Path,
+                 deployment_id: str) -> None:
+        self.python, self.cwd, self.model_dir, self.deployment_id = python, cwd, model_dir, deployment_id
+        self.log_file, self.termination_log = log_file, termination_log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.sock: socket.socket | None = None
+        self.ready: asyncio.Future[None] | None = None
+        self.pending: dict[int, asyncio.Future[int]] = {}
+        self.handles: dict[int, WorkerHandle] = {}
+        self._ids = itertools.count()
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.termination_log.unlink(missing_ok=True)
+        with open(self.log_file, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.python, "-P", "-m", "infernetes.worker.zygote", "--model-dir", str(self.model_dir),
+                "--control-fd", str(child.fileno()), "--termination-log", str(self.termination_log),
+                "--deployment-id", self.deployment_id,
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(child.fileno(),),
+                start_new_session=True, cwd=self.cwd,
+            )
+        child.close()
+        parent.setblocking(False)
+        self.sock = parent
+        self.ready = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read(parent, self.proc, self.ready))
+
+    async def _read(self, sock: socket.socket, proc: asyncio.subprocess.Process, ready: asyncio.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        buffer = b""
+        try:
+            while True:
+                data = await loop.sock_recv(sock, 65536)
+                if not data:
+                    break
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._handle(json.loads(line), ready)
+        except (OSError, ValueError):
+            pass
+        code = await proc.wait()
+        reason = self.termination_log.read_text().strip() if self.termination_log.exists() else ""
+        failure = ZygoteFailed(code, reason or f"the model's zygote process exited with code {code}")
+        if not ready.done():
+            ready.set_exception(failure)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(failure)
+        self.pending.clear()
+        # Its workers notice their parent is gone and stop; report them as gone now.
+        for handle in list(self.handles.values()):
+            handle._done(-signal.SIGTERM)
+        self.handles.clear()
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _handle(self, message: dict[str, Any], ready: asyncio.Future[None]) -> None:
+        op = message.get("op")
+        if op == "ready" and not ready.done():
+            ready.set_result(None)
+        elif op == "spawned":
+            fut = self.pending.pop(message["id"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(message["pid"])
+        elif op == "exited":
+            handle = self.handles.pop(message["pid"], None)
+            if handle is not None:
+                handle._done(message["code"])
+
+    async def launch(self, settings: dict[str, Any], fd: int) -> WorkerHandle:
+        async with self._lock:
+            if self.proc is None or self.proc.returncode is not None:
+                await self._start()
+        assert self.ready is not None and self.sock is not None
+        await asyncio.shield(self.ready)
+        request_id = next(self._ids)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = fut
+        message = json.dumps({"op": "spawn", "id": request_id, "settings": settings}).encode() + b"\n"
+        socket.send_fds(self.sock, [message], [fd])
+        pid = await fut
+        handle = WorkerHandle(pid)
+        self.handles[pid] = handle
+        return handle
+
+    async def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+def fork_supported() -> bool:
+    return hasattr(os, "fork") and sys.platform.startswith("linux")
