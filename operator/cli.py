@@ -281,10 +281,26 @@ def cmd_models_ensure(args: argparse.Namespace) -> int:
     return _pull(args, store)
 
 
+def cmd_models_optimize(args: argparse.Namespace) -> int:
+    from ..worker.modelstore import ModelStoreError
+    from ..worker.optimize import optimize
+
+    try:
+        info, cosine = optimize(_store(args), args.source_id, args.model_id, quantize=args.quantize,
+                                replace=args.replace)
+    except (ModelStoreError, ImportError) as exc:
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 1
+    print(f"optimized [{info.model_id}] from [{args.source_id}]: ONNX Runtime"
+          f"{', int8 weights' if args.quantize else ''}, {info.size_bytes / 1e6:.0f} MB; lowest cosine similarity "
+          f"to the original on the calibration set {cosine:.4f}")
+    return 0
+
+
 def cmd_models_list(args: argparse.Namespace) -> int:
-    rows = [(m.model_id, m.task_type, m.kind, str(m.dimensions or "-"), str(m.max_seq_length or "-"),
+    rows = [(m.model_id, m.task_type, m.kind, m.backend, str(m.dimensions or "-"), str(m.max_seq_length or "-"),
              f"{m.size_bytes / 1e6:.0f} MB") for m in _store(args).list()]
-    header = ("MODEL ID", "TASK", "KIND", "DIMS", "MAX LEN", "SIZE")
+    header = ("MODEL ID", "TASK", "KIND", "BACKEND", "DIMS", "MAX LEN", "SIZE")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -423,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)
     ens.set_defaults(func=cmd_models_ensure)
+    opt = msub.add_parser("optimize", help="make an ONNX Runtime variant of a text-embedding model (optionally int8)")
+    opt.add_argument("source_id", help="a text_embedding model in the store")
+    opt.add_argument("--model-id", required=True, help="the id of the variant (endpoints choose it as model_id)")
+    opt.add_argument("--quantize", choices=["int8"], help="int8 weights (kept only if cosine >= 0.99)")
+    opt.add_argument("--replace", action="store_true")
+    _data_dir_arg(opt)
+    opt.set_defaults(func=cmd_models_optimize)
     lst = msub.add_parser("list", help="list the models in the store")
     _data_dir_arg(lst)
     lst.set_defaults(func=cmd_models_list)

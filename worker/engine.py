@@ -9,6 +9,7 @@ on the tokeniser thread, :meth:`Engine.forward` on the model thread, and the HTT
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,7 @@ class Engine:
         self.max_seq_length = info.max_seq_length or 512
         self.pad_id = 0
         self.group_by_prompt = False
+        self.traced = False  # the transformer runs as one TorchScript graph (tracing.py)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -128,6 +130,10 @@ class Engine:
         torch.set_num_threads(self.num_threads)
         self.model = self._load()
         self.model.eval()
+        if os.environ.get("INFERNETES_WORKER_TORCHSCRIPT", "1") != "0":
+            from .tracing import trace_transformer
+
+            self.traced = trace_transformer(self.model)
         tokenizer = self.tokenizer
         self.pad_id = tokenizer.pad_token_id or 0
         self.max_seq_length = self._model_max_length() or self.max_seq_length
@@ -185,10 +191,7 @@ class Engine:
         """Tokenise a job's rows at once, then cut them, longest first, into segments within budget."""
         prompt = self.prompt(job.request)
         task = self.routed_task(job.request)
-        kwargs: dict[str, Any] = {"prompt": prompt} if prompt else {}
-        if task is not None:
-            kwargs["task"] = task
-        features = self.model.preprocess(job.rows, **kwargs)
+        features = self.tokenize(job.rows, prompt, task)
         mask = features["attention_mask"]
         lengths = mask.sum(1).tolist()
         if self.flags_truncation:
@@ -210,6 +213,12 @@ class Engine:
         return segments
 
     flags_truncation = False
+
+    def tokenize(self, rows: list[Any], prompt: str | None, task: str | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"prompt": prompt} if prompt else {}
+        if task is not None:
+            kwargs["task"] = task
+        return self.model.preprocess(rows, **kwargs)
 
     def _exceeds(self, row: Any, prompt: str | None) -> bool:
         text = (prompt or "") + row if isinstance(row, str) else row
@@ -360,12 +369,55 @@ class RerankEngine(Engine):
         return orjson.dumps({"rerank": results}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+class OnnxTextEmbeddingEngine(TextEmbeddingEngine):
+    """Text embeddings with ONNX Runtime (a model made by ``infernetes models optimize``)."""
+
+    def load(self) -> None:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self._tokenizer = AutoTokenizer.from_pretrained(str(self.info.path))
+        self.pad_id = self._tokenizer.pad_token_id or 0
+        self.model = self  # loaded; the session itself starts on first use, after any fork (thread pools)
+        self.session: Any = None
+        self.options = self.info.options
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def eval(self) -> None:
+        return None
+
+    def tokenize(self, rows: list[Any], prompt: str | None, task: str | None) -> dict[str, Any]:
+        texts = [(prompt or "") + r for r in rows]
+        enc = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                              return_tensors="pt")
+        return dict(enc)
+
+    def forward(self, features: dict[str, Any]) -> Any:
+        from .optimize import open_onnx, pool
+
+        if self.session is None:
+            self.session, _ = open_onnx(self.info.path, self.num_threads)
+            self._inputs = [i.name for i in self.session.get_inputs()]
+        mask = features["attention_mask"].numpy()
+        hidden = self.session.run(None, {k: features[k].numpy() for k in self._inputs})[0]
+        return pool(hidden, mask, self.options.get("pooling", "mean"), bool(self.options.get("normalize")))
+
+    def post(self, output: Any) -> Any:
+        return output
+
+
 ENGINES: dict[str, type[Engine]] = {
     e.task_type: e for e in (TextEmbeddingEngine, SparseEmbeddingEngine, RerankEngine)
 }
 
 
 def engine_for(info: ModelInfo, num_threads: int) -> Engine:
+    if info.backend == "onnx":
+        return OnnxTextEmbeddingEngine(info, num_threads)
     try:
         return ENGINES[info.task_type](info, num_threads)
     except KeyError:

@@ -60,6 +60,8 @@ class ModelInfo:
     source: str = ""
     created: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
+    backend: str = "torch"  # or "onnx" (infernetes models optimize)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def manifest(self) -> dict[str, Any]:
         out = asdict(self)
@@ -116,7 +118,7 @@ def _model_files(source: Path) -> list[Path]:
     return files
 
 
-def inspect_folder(source: Path, task_type: str | None = None) -> dict[str, Any]:
+def inspect_folder(source: Path, task_type: str | None = None, *, require_safetensors: bool = True) -> dict[str, Any]:
     """Work out what a model folder serves, without loading it.
 
     Returns the manifest fields ``task_type, kind, max_seq_length, dimensions, similarity, prompts``.
@@ -125,7 +127,7 @@ def inspect_folder(source: Path, task_type: str | None = None) -> dict[str, Any]
         raise ModelStoreError(f"model folder [{source}] does not exist")
     names = {p.name for p in source.iterdir()}
     weights = [p for p in source.rglob("*.safetensors")]
-    if not weights:
+    if not weights and not (not require_safetensors and list(source.glob("*.onnx"))):
         pickles = sorted(n for n in names if _is_pickle(n))
         hint = f" (found {', '.join(pickles)}: convert them to safetensors first)" if pickles else ""
         raise ModelStoreError(f"model folder [{source}] has no safetensors weights{hint}; pickle weights are never loaded")
@@ -246,12 +248,13 @@ class ModelStore:
         task_type: str | None = None,
         overrides: dict[str, Any] | None = None,
         replace: bool = False,
+        require_safetensors: bool = True,
     ) -> ModelInfo:
         """Write the manifest of a staged folder and move it into place with one rename."""
         target = self.path_for(model_id)
         if target.exists() and not replace:
             raise ModelStoreError(f"model [{model_id}] already exists in the store")
-        info = inspect_folder(staged, task_type)
+        info = inspect_folder(staged, task_type, require_safetensors=require_safetensors)
         info.update({k: v for k, v in (overrides or {}).items() if v is not None})
         files = {}
         size = 0
