@@ -83,8 +83,11 @@ async def test_pods_ready_make_the_endpoint_ready(operator, kube):
     assert (st["state"], st["allocation_state"], st["allocations"]) == ("started", "started", "1/2")
     assert condition(st, "Ready")["status"] == "True" and condition(st, "Progressing")["status"] == "True"
     await add_ready_pods(kube, dep, 1)
-    st = await wait_status(kube, "ready-one", lambda s: s["allocation_state"] == "fully_allocated")
-    assert condition(st, "Progressing")["status"] == "False" and st["allocations"] == "2/2"
+    # Pods and the Deployment status arrive as separate events: the rollout counts as settled
+    # once both are seen, so wait for the final state rather than the first "fully_allocated".
+    st = await wait_status(kube, "ready-one", lambda s: s["allocation_state"] == "fully_allocated"
+                           and condition(s, "Progressing")["status"] == "False")
+    assert st["allocations"] == "2/2" and condition(st, "Progressing")["reason"] == "Stable"
     assert st["selector"] == "infernetes.dev/deployment=ready-one"
 
 
