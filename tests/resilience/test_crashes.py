@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import ServerThread, put_endpoint, worker_pids
+from helpers import ServerThread, free_port, put_endpoint, wait_up, worker_pids
 from hubserver import FakeHub
 
 from infernetes.worker.modelstore import ModelStore
@@ -69,23 +68,6 @@ def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
         assert set(lost) <= {503}
         assert len(lost) <= 4
         assert stats(client, "sturdy")["allocation_status"]["allocation_count"] == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
 
 
 def test_server_killed_and_restarted(tmp_path, tiny_model_dir, figures):

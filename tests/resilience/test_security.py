@@ -7,36 +7,19 @@ import json
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from helpers import free_port, wait_up
 
 from infernetes.worker.modelstore import MANIFEST, ModelStore
 
 pytestmark = pytest.mark.slow
 EXE = Path(sys.executable).with_name("infernetes")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str) -> None:
-    for _ in range(300):
-        try:
-            httpx.get(url + "/_infernetes/health", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
 
 
 def test_keys_are_required_off_loopback_and_never_logged(tmp_path, tiny_model_dir, figures):
@@ -48,7 +31,7 @@ def test_keys_are_required_off_loopback_and_never_logged(tmp_path, tiny_model_di
                                  str(tmp_path), "--log-level", "debug", "--access-log"], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_up(url)
+        wait_up(url + "/_infernetes/health", 60)
         assert httpx.get(url + "/_inference").status_code == 401  # listening beyond loopback: keys required
         encoded = (tmp_path / "bootstrap-api-key").read_text().strip()
         assert oct((tmp_path / "bootstrap-api-key").stat().st_mode & 0o777) == "0o600"
