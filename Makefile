@@ -6,7 +6,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv serve test bench lint clean generate kind-e2e resilience
+.PHONY: venv serve test bench clean generate kind-e2e resilience
 
 venv: $(VENV)/.installed
 
@@ -26,8 +26,10 @@ serve: venv
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The benchmark (about 25 minutes): bench/results/benchmark.json and its plots (see README, Benchmarks).
 bench: venv
-	$(VENV)/bin/python bench/http_vs_inprocess.py $(ARGS)
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	$(VENV)/bin/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

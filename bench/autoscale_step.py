@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from http_vs_inprocess import RESULTS, free_port, machine, texts  # noqa: E402
+from common import RESULTS, free_port, machine, texts  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
