@@ -56,6 +56,12 @@ class Batcher:
         self.last_access: float | None = None
         self.started_at = time.time()
 
+    @property
+    def token_budget(self) -> int:
+        """Padded tokens per batch: the configured budget, or less where the model needs it (engine.max_batch_tokens)."""
+        cap = self.engine.max_batch_tokens
+        return min(self.max_batch_tokens, cap) if cap else self.max_batch_tokens
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -89,7 +95,7 @@ class Batcher:
         try:
             t0 = time.perf_counter()
             segments = await job.loop.run_in_executor(
-                self._tokenizer, self.engine.prepare, job, self.max_batch_tokens, self.max_batch_size
+                self._tokenizer, self.engine.prepare, job, self.token_budget, self.max_batch_size
             )
             self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
             with self._cond:
@@ -128,7 +134,7 @@ class Batcher:
                 nxt_width = nxt.tokens // max(1, len(nxt.rows))
                 new_width = max(width, nxt_width)
                 new_rows = rows + len(nxt.rows)
-                if new_rows > self.max_batch_size or new_width * new_rows > max(self.max_batch_tokens, tokens):
+                if new_rows > self.max_batch_size or new_width * new_rows > max(self.token_budget, tokens):
                     break
                 batch.append(self._queue.popleft())
                 rows, width, tokens = new_rows, new_width, new_width * new_rows

@@ -20,6 +20,7 @@ class FakeEngine:
 
     num_threads = 1
     pad_id = 0
+    max_batch_tokens: int | None = None
 
     def __init__(self, width: int = 4, gate: threading.Event | None = None) -> None:
         self.width = width
@@ -69,6 +70,29 @@ def test_rows_come_back_in_order_across_segments():
         b.stop()
         assert job.outputs == [10, 11, 12, 13, 14]
         assert all(rows * width <= 8 for rows, width in engine.batches)  # the token budget cut the batches
+
+    run(main())
+
+
+def test_a_model_cap_on_batch_tokens_wins_over_a_larger_budget():
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(gate=gate)
+        engine.max_batch_tokens = 8  # what a SPLADE engine sets: its logits outgrow the cache
+        b = Batcher(engine, WorkerMetrics("d", "0"), capacity=100, max_batch_tokens=1000, max_batch_size=100)
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = make_job(loop, [1])
+        task = asyncio.create_task(b.submit(first))
+        await asyncio.sleep(0.05)  # the model thread holds the first batch; the rest queue up
+        jobs = [make_job(loop, [i]) for i in range(2, 8)] + [make_job(loop, range(10, 15))]
+        tasks = [asyncio.create_task(b.submit(j)) for j in jobs]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(task, *tasks)
+        b.stop()
+        assert jobs[-1].outputs == [10, 11, 12, 13, 14]
+        assert max(rows for rows, _ in engine.batches) == 2  # 8 tokens: two rows of 4, not everything queued
 
     run(main())
 
