@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, free_port, machine, texts  # noqa: E402
+from common import RESULTS, free_port, machine, texts, wait_http  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -150,12 +150,7 @@ def main() -> None:
                                   stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    httpx.get(url, timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            wait_http(url)
             resp = httpx.put(f"{url}/_inference/text_embedding/step", timeout=120, json={
                 "service": "elasticsearch", "service_settings": {"num_threads": 1, "model_id": "minilm",
                                                                  "adaptive_allocations": {
