@@ -1,8 +1,8 @@
 """Forwarding inference requests to allocations.
 
 Picks the ready allocation with the fewest requests in flight from this gateway, and when the
-chosen worker dies mid-request (connection refused or reset), retries once on another one:
-inference is idempotent, so a retry is safe. The worker's answer is passed through unparsed.
+chosen worker dies mid-request (connection refused or reset) or answers 503 (not serving yet, or
+draining), retries once on another one: inference is idempotent, so a retry is safe. The worker's answer is passed through unparsed.
 
 aiohttp rather than httpx here: on this hot path it costs about half the CPU per request
 (profiled), and kopf already brings it in.
@@ -68,6 +68,11 @@ class Router:
                                              timeout=aiohttp.ClientTimeout(total=timeout,
                                                                            connect=min(5.0, timeout))) as resp:
                     content = await resp.read()
+                    if resp.status == 503 and len(candidates) > 1:
+                        # Not serving (a replacement still loading on the dead one's port, or one
+                        # draining): another allocation can answer now.
+                        candidates.remove(url)
+                        continue
                     retry_after = resp.headers.get("Retry-After")
                     return resp.status, content, {"Retry-After": retry_after} if retry_after else {}
             except asyncio.TimeoutError:
