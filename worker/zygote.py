@@ -103,9 +103,7 @@ def _spawn(engine: Any, message: dict[str, Any], fd: int, control: socket.socket
         control.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         settings = _settings({**message["settings"], "fd": fd, "parent_pid": os.getppid()})
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(settings.num_threads)
-        engine.num_threads = settings.num_threads
+        engine.num_threads = settings.num_threads  # serve() sets the thread pools' variables
         from .server import serve
 
         code = serve(settings, engine=engine)

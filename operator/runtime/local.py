@@ -454,8 +454,8 @@ class LocalRuntime:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.max_backoff)
 
-    async def _wait_ready(self, alloc: Allocation, proc: WorkerHandle) -> bool:
-        while proc.returncode is None and not alloc.stopping:
+    async def _wait_ready(self, alloc: Allocation, handle: WorkerHandle) -> bool:
+        while handle.returncode is None and not alloc.stopping:
             try:
                 resp = await self._probe.get(alloc.url + "/readyz", timeout=1.0)
                 if resp.status_code == 200:
@@ -463,5 +463,5 @@ class LocalRuntime:
             except httpx.HTTPError:
                 pass
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), self.settings.ready_poll)
+                await asyncio.wait_for(handle.wait(), self.settings.ready_poll)
         return False

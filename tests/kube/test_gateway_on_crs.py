@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from helpers import free_port
 from kubeharness import NS, Emulator, eventually
 
 from infernetes.operator.kube import API_VERSION, DEPLOYMENTS, ENDPOINTS
@@ -27,9 +27,7 @@ def worker(tmp_path_factory, tiny_model_dir):
     """A real worker process, standing in for a pod's worker container."""
     store = ModelStore(tmp_path_factory.mktemp("pod") / "models")
     info = store.import_folder(tiny_model_dir, ".multilingual-e5-small")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     exe = Path(sys.executable).with_name("infernetes")
     proc = subprocess.Popen([str(exe), "worker", "--model-dir", str(info.path), "--port", str(port),
                              "--deployment-id", "pod"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
