@@ -26,7 +26,7 @@ serve: venv
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The benchmark (about 25 minutes): bench/results/benchmark.json and its plots (see README, Benchmarks).
+# The benchmark (about 20 minutes): bench/results/benchmark.json and its plots (see README, Benchmarks).
 bench: venv
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(VENV)/bin/python bench/run.py $(ARGS)

@@ -412,10 +412,10 @@ class OnnxTextEmbeddingEngine(TextEmbeddingEngine):
         return dict(enc)
 
     def forward(self, features: dict[str, Any]) -> Any:
-        from .optimize import open_onnx, pool
+        from .optimize import onnx_session, pool
 
         if self.session is None:
-            self.session, _ = open_onnx(self.info.path, self.num_threads)
+            self.session = onnx_session(self.info.path, self.num_threads)
             self._inputs = [i.name for i in self.session.get_inputs()]
         mask = features["attention_mask"].numpy()
         hidden = self.session.run(None, {k: features[k].numpy() for k in self._inputs})[0]

@@ -149,16 +149,21 @@ def verify(source: ModelInfo, staged: Path, pooling: dict[str, Any]) -> float:
     return float(np.min(np.sum(reference * ours, axis=1)))
 
 
-def open_onnx(path: Path, threads: int) -> tuple[Any, Any]:
+def onnx_session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
-    from transformers import AutoTokenizer
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    return session, AutoTokenizer.from_pretrained(str(path))
+    return ort.InferenceSession(str(path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+
+
+def open_onnx(path: Path, threads: int) -> tuple[Any, Any]:
+    """The session and the tokenizer of an ONNX model folder."""
+    from transformers import AutoTokenizer
+
+    return onnx_session(path, threads), AutoTokenizer.from_pretrained(str(path))
 
 
 def pool(hidden: Any, mask: Any, mode: str, normalize: bool) -> Any:
