@@ -115,23 +115,27 @@ def worker_pids(deployment_id: str, parent: int | None = None) -> list[int]:
     out = []
     for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info["cmdline"] or []
-        if deployment_id not in cmd or p.status() == psutil.STATUS_ZOMBIE:
+        if deployment_id not in cmd:
             continue
-        spawned = "infernetes.worker" in cmd
-        forked = "infernetes.worker.zygote" in cmd and _is_zygote_child(p)
-        if (spawned or forked) and (parent is None or p.info["ppid"] == parent or
-                                    (forked and psutil.Process(p.info["ppid"]).ppid() == parent)):
-            out.append(p.pid)
+        try:  # processes come and go while we look
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            spawned = "infernetes.worker" in cmd
+            zygote = psutil.Process(p.info["ppid"]) if "infernetes.worker.zygote" in cmd else None
+            forked = zygote is not None and "infernetes.worker.zygote" in (zygote.cmdline() or [])
+            if (spawned or forked) and (parent is None or p.info["ppid"] == parent or
+                                        (forked and zygote.ppid() == parent)):
+                out.append(p.pid)
+        except psutil.Error:
+            continue
     return out
 
 
-def _is_zygote_child(p) -> bool:
-    import psutil
-
-    try:
-        return "infernetes.worker.zygote" in (psutil.Process(p.ppid()).cmdline() or [])
-    except psutil.Error:
-        return False
+def deployment_stats(client: httpx.Client, deployment_id: str) -> dict[str, Any]:
+    """The deployment_stats of `GET /_ml/trained_models/{id}/_stats`."""
+    resp = client.get(f"/_ml/trained_models/{deployment_id}/_stats")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["trained_model_stats"][0]["deployment_stats"]
 
 
 def free_port() -> int:

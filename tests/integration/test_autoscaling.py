@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import ServerThread
+from helpers import ServerThread, deployment_stats
 
 from infernetes.operator.autoscaler import AutoscalerSettings
 from infernetes.operator.embedded import EmbeddedOptions
@@ -20,8 +20,7 @@ FAST = AutoscalerSettings(interval_s=0.5, target_utilization=0.75, smoothing_s=1
 
 
 def allocation_status(client, eid):
-    d = client.get(f"/_ml/trained_models/{eid}/_stats").json()["trained_model_stats"][0]["deployment_stats"]
-    return d["allocation_status"]
+    return deployment_stats(client, eid)["allocation_status"]
 
 
 def wait_for(predicate, timeout=90.0):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
 import time
 
 import psutil
 import pytest
-from helpers import ServerThread, es_error, put_endpoint, worker_pids
+from helpers import ServerThread, deployment_stats, es_error, put_endpoint, worker_pids
 
 from infernetes.operator.embedded import EmbeddedOptions
 from infernetes.worker.modelstore import ModelStore
@@ -29,12 +28,6 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
-
-
-def deployment_stats(client, deployment_id: str) -> dict:
-    resp = client.get(f"/_ml/trained_models/{deployment_id}/_stats")
-    assert resp.status_code == 200, resp.text
-    return resp.json()["trained_model_stats"][0]["deployment_stats"]
 
 
 def test_endpoints_survive_a_restart(tmp_path, tiny_model_dir):

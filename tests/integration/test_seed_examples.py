@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 from es_examples import DOCUMENTED_BODIES, DOCUMENTED_RESPONSE
-from helpers import ServerThread
+from helpers import ServerThread, deployment_stats
 
 from infernetes.worker.download import E5_PROMPTS
 from infernetes.worker.modelstore import ModelStore
@@ -39,12 +39,6 @@ def put(client, index):
     return created
 
 
-def stats(client, deployment_id):
-    resp = client.get(f"/_ml/trained_models/{deployment_id}/_stats")
-    assert resp.status_code == 200, resp.text
-    return resp.json()["trained_model_stats"][0]["deployment_stats"]
-
-
 def test_elser_with_adaptive_allocations(client):
     created = put(client, 0)
     assert created["service_settings"]["adaptive_allocations"] == {
@@ -52,7 +46,7 @@ def test_elser_with_adaptive_allocations(client):
     assert "num_allocations" not in created["service_settings"]
     out = client.post("/_inference/sparse_embedding/my-elser-model", json={"input": "what causes the northern lights"})
     assert "northern" in out.json()["sparse_embedding"][0]["embedding"]
-    assert stats(client, "my-elser-model")["allocation_status"]["allocation_count"] >= 1
+    assert deployment_stats(client, "my-elser-model")["allocation_status"]["allocation_count"] >= 1
     assert client.delete("/_inference/my-elser-model").status_code == 200
 
 
@@ -74,7 +68,7 @@ def test_e5_then_e5_with_adaptive_allocations(client):
     assert len(out.json()["text_embedding"][0]["embedding"]) == 384
     assert client.delete("/_inference/my-e5-model").status_code == 200
     put(client, 4)
-    d = stats(client, "my-e5-model")
+    d = deployment_stats(client, "my-e5-model")
     assert d["adaptive_allocations"] == {"enabled": True, "min_number_of_allocations": 3,
                                          "max_number_of_allocations": 10}
     assert d["allocation_status"]["target_allocation_count"] >= 3

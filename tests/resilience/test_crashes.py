@@ -18,17 +18,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import ServerThread, free_port, put_endpoint, wait_up, worker_pids
+from helpers import ServerThread, deployment_stats, free_port, put_endpoint, wait_up, worker_pids
 from hubserver import FakeHub
 
 from infernetes.worker.modelstore import ModelStore
 
 pytestmark = pytest.mark.slow
 EXE = Path(sys.executable).with_name("infernetes")
-
-
-def stats(client, eid):
-    return client.get(f"/_ml/trained_models/{eid}/_stats").json()["trained_model_stats"][0]["deployment_stats"]
 
 
 def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
@@ -52,7 +48,7 @@ def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 pids = worker_pids("sturdy")
-                d = stats(client, "sturdy")
+                d = deployment_stats(client, "sturdy")
                 replaced = len(pids) == 2 and victim not in pids
                 if replaced and d["allocation_status"]["allocation_count"] == 2:
                     break
@@ -67,7 +63,7 @@ def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
         # In-flight requests of the dead worker were retried on the other allocation, or failed retriably.
         assert set(lost) <= {503}
         assert len(lost) <= 4
-        assert stats(client, "sturdy")["allocation_status"]["allocation_count"] == 2
+        assert deployment_stats(client, "sturdy")["allocation_status"]["allocation_count"] == 2
 
 
 def test_server_killed_and_restarted(tmp_path, tiny_model_dir, figures):

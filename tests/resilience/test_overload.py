@@ -108,8 +108,6 @@ def test_disconnected_client_does_not_keep_the_model_busy(overload_server, figur
         return node["inference_count"], node["number_of_pending_requests"]
 
     def metric(name: str) -> float:
-        from infernetes.operator.autoscaler import parse_metrics  # noqa: F401 - same exposition format
-
         text = httpx.get(next(a.url for a in overload_server.app.state.service.runtime.deployments["busy"].allocations)
                          + "/metrics").text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
