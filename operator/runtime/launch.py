@@ -178,6 +178,9 @@ class Zygote:
     async def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
+                # shutdown() is what tells the zygote to stop: uvloop keeps its own reference to a socket
+                # it is reading, so close() alone never reaches the other end.
+                self.sock.shutdown(socket.SHUT_RDWR)
                 self.sock.close()
         if self.proc is not None and self.proc.returncode is None:
             try:

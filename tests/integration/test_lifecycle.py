@@ -64,6 +64,16 @@ def test_a_killed_worker_is_replaced(server):
         wait_for(lambda: not worker_processes("victim"), timeout=30)
 
 
+def test_deleting_an_endpoint_stops_its_zygote_cleanly(server):
+    with server.client() as client:
+        assert put_endpoint(client, "text_embedding", "short-lived", "tiny").status_code == 200
+        zygote = server.app.state.service.runtime.deployments["short-lived"].zygote
+        assert zygote is not None and zygote.proc is not None
+        assert client.delete("/_inference/short-lived").status_code == 200
+        # It exited on its own when told to (not killed after the runtime's 10 s of patience).
+        assert zygote.proc.returncode == 0
+
+
 def test_full_queue_answers_429(tmp_path, minilm_dir):
     ModelStore(tmp_path / "models").import_folder(minilm_dir, "minilm")
     options = EmbeddedOptions(queue_capacity=8)
