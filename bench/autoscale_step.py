@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, free_port, machine, texts, wait_http  # noqa: E402
+from common import RESULTS, die_with_parent, free_port, machine, texts, wait_http  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -147,7 +147,7 @@ def main() -> None:
         server = subprocess.Popen([str(exe), "serve", "--data-dir", tmp, "--port", str(port), "--log-level",
                                    "warning", "--autoscale-interval", str(args.interval), "--scale-down-window",
                                    str(args.scale_down_window)], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+                                  stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url)

