@@ -155,6 +155,30 @@ class RunningOperator:
         self.ready = threading.Event()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        # name -> set once this operator has finished a reconcile of that object (resume, create or update)
+        self.reconciled: dict[str, threading.Event] = {}
+        self._reconciled_lock = threading.Lock()
+
+    def _event(self, name: str) -> threading.Event:
+        import threading
+
+        with self._reconciled_lock:
+            return self.reconciled.setdefault(name, threading.Event())
+
+    async def wait_reconciled(self, name: str, timeout: float = 30) -> None:
+        if not await asyncio.to_thread(self._event(name).wait, timeout):
+            raise AssertionError(f"the operator never reconciled [{name}]")
+
+    def _recording(self, reconciler: Reconciler) -> Reconciler:
+        reconcile = reconciler.reconcile
+
+        async def recorded(plural: str, body: dict[str, Any]) -> Any:
+            result = await reconcile(plural, body)
+            self._event(body["metadata"]["name"]).set()
+            return result
+
+        reconciler.reconcile = recorded  # type: ignore[method-assign]
+        return reconciler
 
     def _run(self) -> None:
         import kopf
@@ -162,7 +186,7 @@ class RunningOperator:
         async def main() -> None:
             kube = Kube(self.kube_config)
             try:
-                registry = build_registry(Reconciler(kube, self.settings), self.kube_config, [NS])
+                registry = build_registry(self._recording(Reconciler(kube, self.settings)), self.kube_config, [NS])
                 await kopf.operator(registry=registry, standalone=True, namespaces=[NS],
                                     stop_flag=self.stop_flag, ready_flag=self.ready)
             finally:
@@ -187,7 +211,9 @@ class RunningOperator:
             await asyncio.to_thread(self.thread.join, 30)
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1):
+async def eventually(predicate, timeout: float = 45.0, interval: float = 0.1):
+    """Poll until the predicate holds; the timeout is only a ceiling for a stuck system (a busy CI machine
+    may take many seconds for what an idle one does at once), never a pace."""
     deadline = asyncio.get_running_loop().time() + timeout
     last = None
     while asyncio.get_running_loop().time() < deadline:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -31,18 +32,19 @@ def worker(tmp_path_factory, tiny_model_dir):
     exe = Path(sys.executable).with_name("infernetes")
     proc = subprocess.Popen([str(exe), "worker", "--model-dir", str(info.path), "--port", str(port),
                              "--deployment-id", "pod"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        import time
-
-        time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(30)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the worker never became ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 @pytest.fixture
@@ -95,7 +97,7 @@ async def test_put_creates_a_resource_and_inference_reaches_the_pods(gateway, ku
         r = await gateway.post("/_inference/text_embedding/my_e5_model", json={"input": ["hello", "world"]})
         return r.status_code == 200 and r.json()
 
-    out = await eventually(served, timeout=15)
+    out = await eventually(served, timeout=45)
     assert len(out["text_embedding"]) == 2 and len(out["text_embedding"][0]["embedding"]) == 32
 
     async def stats():
@@ -103,7 +105,7 @@ async def test_put_creates_a_resource_and_inference_reaches_the_pods(gateway, ku
         d = r.json()["trained_model_stats"][0]["deployment_stats"]
         return d if d["allocation_status"]["state"] == "fully_allocated" else None
 
-    d = await eventually(stats, timeout=15)
+    d = await eventually(stats, timeout=45)
     assert d["state"] == "started" and d["nodes"][0]["inference_count"] >= 1
 
     deleted = await gateway.delete("/_inference/my_e5_model")
@@ -113,7 +115,7 @@ async def test_put_creates_a_resource_and_inference_reaches_the_pods(gateway, ku
         return not [c for c in await kube.list(API_VERSION, ENDPOINTS, NS)
                     if c["spec"].get("inference_id") == "my_e5_model"]
 
-    await eventually(gone, timeout=15)
+    await eventually(gone, timeout=45)
 
 
 async def test_kubectl_apply_is_visible_through_the_api(gateway, kube):

@@ -41,7 +41,7 @@ async def get_cr(kube, name, plural=ENDPOINTS):
     return await kube.get(API_VERSION, plural, NS, name)
 
 
-async def wait_status(kube, name, predicate, plural=ENDPOINTS, timeout=10):
+async def wait_status(kube, name, predicate, plural=ENDPOINTS, timeout=45):
     async def check():
         cr = await get_cr(kube, name, plural)
         st = (cr or {}).get("status") or {}
@@ -203,7 +203,7 @@ async def test_forced_deletion(operator, kube):
     async def gone():
         return await get_cr(kube, "owner") is None
 
-    await eventually(gone, timeout=20)
+    await eventually(gone)
     st = await wait_status(kube, "borrower", lambda s: s["state"] == "failed")
     assert "Could not find deployment [owner]" in st["reason"]
 
@@ -231,10 +231,12 @@ async def test_restart_converges_without_churn(kube, kube_config, operator_setti
     writes_before = [w for w in cluster.writes if w[1] in ("deployments", "services")]
     second = RunningOperator(kube_config, operator_settings)
     await second.start()
-    import asyncio
-
-    await asyncio.sleep(2)  # resume handlers and a few status timers run
-    await second.stop()
+    try:
+        await second.wait_reconciled("survivor")  # its resume handler ran to the end
+        # ... and a full round of the status loop after it (a status write that changes nothing is skipped).
+        await wait_status(kube, "survivor", lambda s: s["allocation_state"] == "fully_allocated")
+    finally:
+        await second.stop()
     writes_after = [w for w in cluster.writes if w[1] in ("deployments", "services")]
     assert writes_after == writes_before, "a restart must not create or patch workloads that are already right"
     assert len(await kube.list("apps/v1", "deployments", NS)) == 1
