@@ -5,6 +5,10 @@ and ``infernetes-model.json``, the manifest written at import or download time: 
 loader kind, max sequence length, dimensions, prompts per input type, file checksums.
 A model appears in the store only complete: it is assembled in a temporary folder and moved
 into place with one rename. Pickle weights (``*.bin``, ``*.pt``, ...) are never stored.
+Stored files are private to the user (files 0600, folders 0700). An import copies only regular
+files that live inside the folder: a symbolic link is refused unless it points inside the folder
+(or, for a Hugging Face cache snapshot, into that repository's ``blobs/``). Safetensors headers are
+checked, and config files must hold JSON objects.
 
 This module does not import torch: the control plane reads the store too.
 """
@@ -16,6 +20,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +46,13 @@ PROMPT_NAMES = {
     "CLASSIFICATION": ("classification",),
     "CLUSTERING": ("clustering",),
 }
+
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+# A safetensors file starts with the length of its JSON header (u64, little-endian); real headers are
+# kilobytes, and the format itself caps them at 100 MB.
+SAFETENSORS_MAX_HEADER = 100_000_000
 
 
 class ModelStoreError(Exception):
@@ -86,13 +99,56 @@ def check_model_id(model_id: str) -> str:
     return model_id
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, expect: type = dict) -> Any:
+    """A JSON config file, which must hold a ``expect`` (an object by default); missing is empty."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        return expect()
     except (OSError, ValueError) as exc:
         raise ModelStoreError(f"cannot read {path.name}: {exc}") from exc
+    if not isinstance(data, expect):
+        wanted = "a JSON object" if expect is dict else "a JSON array"
+        raise ModelStoreError(f"{path.name} must hold {wanted}, not {type(data).__name__} [{str(data)[:80]}]")
+    return data
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a file that is not safetensors: a header length, a JSON header, tensors inside the file."""
+    name = path.name
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ModelStoreError(f"{name} is not a safetensors file: it is only {size} bytes long")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+                raise ModelStoreError(
+                    f"{name} is not a safetensors file: its first 8 bytes give a header of {length} bytes "
+                    f"in a file of {size} bytes"
+                )
+            raw = f.read(length)
+    except OSError as exc:
+        raise ModelStoreError(f"cannot read {name}: {exc}") from exc
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise ModelStoreError(f"{name} is not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ModelStoreError(f"{name} is not a safetensors file: its header is not a JSON object")
+    data_size = size - 8 - length
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str)
+                or not isinstance(entry.get("shape"), list)
+                or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= data_size):
+            raise ModelStoreError(f"{name} is not a valid safetensors file: tensor [{key}] is described wrongly "
+                                  "or lies outside the file")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -108,14 +164,60 @@ def _is_pickle(name: str) -> bool:
 
 
 def _model_files(source: Path) -> list[Path]:
-    """The files worth copying: everything but pickles and tool caches, relative to source."""
+    """The files worth copying: everything but pickles and tool caches, relative to source.
+
+    Symbolic links to folders are never followed (``os.walk`` lists them as names, where
+    :func:`_source_file` refuses them)."""
     files = []
     for root, dirs, names in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
-        for name in sorted(names):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not os.path.islink(os.path.join(root, d)))
+        links = [d for d in os.listdir(root) if d not in SKIP_DIRS and os.path.islink(os.path.join(root, d))
+                 and os.path.isdir(os.path.join(root, d))]
+        for name in sorted(set(names) | set(links)):
             if not _is_pickle(name):
                 files.append((Path(root) / name).relative_to(source))
     return files
+
+
+def _source_file(source: Path, rel: Path) -> Path:
+    """The regular file to copy for ``rel``: refuses links out of the folder and anything but a regular file.
+
+    A link is followed only when its target lies inside the folder, or, in a Hugging Face cache snapshot
+    (``.../models--org--name/snapshots/<revision>/``), inside that repository's ``blobs/``.
+    """
+    path = source / rel
+    allowed = [source]
+    if source.parent.name == "snapshots":
+        allowed.append((source.parent.parent / "blobs").resolve())
+    if path.is_symlink():
+        target = path.resolve()
+        if not any(target.is_relative_to(root) for root in allowed):
+            raise ModelStoreError(
+                f"model folder [{source}] holds [{rel}], a symbolic link to [{os.readlink(path)}] outside the folder; "
+                "remove the link or copy the file in (links out of the folder are never followed)"
+            )
+        path = target
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except OSError as exc:
+        raise ModelStoreError(f"cannot read [{rel}] in model folder [{source}]: {exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise ModelStoreError(f"model folder [{source}] holds [{rel}], which is not a regular file")
+    return path
+
+
+def _make_private(folder: Path) -> None:
+    """Files 0600, folders 0700: model files are the user's own."""
+    os.chmod(folder, DIR_MODE)
+    for root, dirs, names in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), DIR_MODE, follow_symlinks=False)
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.islink(path):  # never stored: a link could point anywhere
+                os.unlink(path)
+            else:
+                os.chmod(path, FILE_MODE)
 
 
 def inspect_folder(source: Path, task_type: str | None = None, *, require_safetensors: bool = True) -> dict[str, Any]:
@@ -133,10 +235,21 @@ def inspect_folder(source: Path, task_type: str | None = None, *, require_safete
         pickles = sorted(n for n in names if _is_pickle(n))
         hint = f" (found {', '.join(pickles)}: convert them to safetensors first)" if pickles else ""
         raise ModelStoreError(f"model folder [{source}] has no safetensors weights{hint}; pickle weights are never loaded")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            check_safetensors(path)
+    try:
+        return _inspect(source, names, task_type)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise ModelStoreError(f"model folder [{source}] has a config value of an unexpected type: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def _inspect(source: Path, names: set[str], task_type: str | None) -> dict[str, Any]:
     config = _read_json(source / "config.json")
     if not config:
         raise ModelStoreError(f"model folder [{source}] has no config.json")
-    modules = _read_json(source / "modules.json") if "modules.json" in names else []
+    modules = _read_json(source / "modules.json", list) if "modules.json" in names else []
     module_types = [m.get("type", "") for m in modules] if isinstance(modules, list) else []
     architectures = config.get("architectures") or []
     arch = architectures[0] if architectures else ""
@@ -238,7 +351,7 @@ class ModelStore:
 
     def staging_dir(self) -> Path:
         """A fresh temporary folder inside the store, on the same file system, for atomic installs."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
 
     def install(
@@ -273,7 +386,7 @@ class ModelStore:
             **info,
         )
         (staged / MANIFEST).write_text(json.dumps(manifest.manifest(), indent=2, sort_keys=True))
-        os.chmod(staged, 0o755)
+        _make_private(staged)
         _fsync_tree(staged)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=".old-", dir=self.root))
@@ -299,16 +412,17 @@ class ModelStore:
         check_model_id(model_id)
         if self.path_for(model_id).exists() and not replace:
             raise ModelStoreError(f"model [{model_id}] already exists in the store")
-        inspect_folder(source, task_type)  # fail before copying anything
+        # Fail before copying anything: every file is a regular one inside the folder, the configs parse.
+        sources = {rel: _source_file(source, rel) for rel in _model_files(source)}
+        inspect_folder(source, task_type)
         staged = self.staging_dir()
         try:
-            files = _model_files(source)
-            total = sum((source / f).stat().st_size for f in files)
+            total = sum(path.stat().st_size for path in sources.values())
             done = 0
-            for rel in files:
-                (staged / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source / rel, staged / rel)
-                done += (source / rel).stat().st_size
+            for rel, path in sources.items():
+                (staged / rel).parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                _copy_private(path, staged / rel)
+                done += (staged / rel).stat().st_size
                 if progress:
                     progress(done, total)
             return self.install(
@@ -339,6 +453,17 @@ class ModelStore:
         if info is None:
             raise ModelStoreError(f"model [{model_id}] is not in the store")
         return [rel for rel, digest in info.files.items() if sha256_file(info.path / rel) != digest]
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    """Copy one regular file into a new 0600 file, never following a link at the source."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise ModelStoreError(f"[{src.name}] is not a regular file")
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        with os.fdopen(out, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
 
 
 def _fsync_tree(path: Path) -> None:
