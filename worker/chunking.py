@@ -1,7 +1,10 @@
 """Chunking long inputs the way Elasticsearch's ``chunking_settings`` describe, as a pure function.
 
-Every chunk carries character offsets into the original text (``text[start:end]`` is the chunk),
-as ``semantic_text`` stores them.
+Every chunk carries character offsets into the original text (``text[start:end]`` is the chunk).
+Elasticsearch is written in Java, whose strings count UTF-16 code units: ``semantic_text`` stores,
+and its chunked-inference results report, offsets in those units (``ChunkedInference.TextOffset``
+indexes the Java ``String``). A character outside the Basic Multilingual Plane (most emoji) is one
+Python character but two Java ones, so offsets go out through :func:`utf16_index`.
 
 - ``word``: windows of ``max_chunk_size`` words; consecutive windows share ``overlap`` words.
 - ``sentence``: whole sentences packed into chunks of at most ``max_chunk_size`` words; with
@@ -12,13 +15,27 @@ as ``semantic_text`` stores them.
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 WORD = re.compile(r"\S+")
 # A sentence ends at . ! ? (or their CJK forms) followed by white space, or at a blank line.
 SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])[\"')\]\u201d\u2019]*\s+|\n\s*\n")
+
+
+# Characters that UTF-16 writes as a surrogate pair (two code units).
+ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+
+
+def utf16_index(text: str) -> Callable[[int], int]:
+    """Maps a character index of ``text`` to its UTF-16 code-unit index (what Java's String.substring takes)."""
+    astral = [m.start() for m in ASTRAL.finditer(text)]
+    if not astral:
+        return lambda i: i
+    return lambda i: i + bisect.bisect_left(astral, i)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .chunking import Chunk, chunk
+from .chunking import Chunk, chunk, utf16_index
 from .modelstore import ModelInfo
 
 # Keys of the feature dict that are per-row tensors [rows, seq]; anything else is batch-wide.
@@ -177,10 +177,12 @@ class Engine:
         """Per-row results regrouped per input: each input's list of chunk results."""
         assert job.chunks is not None
         grouped: list[list[Any]] = [[] for _ in job.request.inputs]
+        # Offsets in UTF-16 code units, as Elasticsearch (Java) reports them.
+        index = [utf16_index(text) for text in job.request.inputs]
         for row, (i, c) in enumerate(job.chunks):
             text = job.request.inputs[i]
-            grouped[i].append({"text": text[c.start : c.end], "start_offset": c.start, "end_offset": c.end,
-                               **item(row)})
+            grouped[i].append({"text": text[c.start : c.end], "start_offset": index[i](c.start),
+                               "end_offset": index[i](c.end), **item(row)})
         return [{"chunks": g} for g in grouped]
 
     def routed_task(self, request: InferRequest) -> str | None:

@@ -98,3 +98,57 @@ def test_dispatch_and_edge_cases():
     assert chunk("", {"strategy": "sentence", "max_chunk_size": 20}) == chunk("", {"strategy": "none"})
     assert len(chunk("a b c", {"strategy": "word", "max_chunk_size": 10, "overlap": 0})) == 1
     assert chunk("hello", {"strategy": "none"})[0].end == 5
+
+
+# -- offsets in UTF-16 code units, as Elasticsearch (Java) reports them (issue 13, D11) --------
+
+
+def _java_substring(text: str, start: int, end: int) -> str:
+    """What Java's String.substring(start, end) returns: offsets count UTF-16 code units."""
+    units = text.encode("utf-16-le")
+    return units[2 * start : 2 * end].decode("utf-16-le")
+
+
+def test_utf16_index_counts_surrogate_pairs():
+    from infernetes.worker.chunking import utf16_index
+
+    text = "a😀b é e\u0301 𝔘x"  # an emoji and a math letter (both outside the BMP), accents both ways
+    index = utf16_index(text)
+    assert [index(i) for i in range(len(text) + 1)] == [
+        len(text[:i].encode("utf-16-le")) // 2 for i in range(len(text) + 1)
+    ]
+    assert index(1) == 1 and index(2) == 3  # after the emoji, Java is one unit ahead
+    plain = utf16_index("café crème")  # accented letters are single UTF-16 units: nothing shifts
+    assert [plain(i) for i in range(11)] == list(range(11))
+
+
+def test_chunk_offsets_slice_the_text_as_java_does():
+    from infernetes.worker.engine import Engine, InferRequest, Job
+    from infernetes.worker.modelstore import ModelInfo
+
+    text = ("Señor 😀 said hi. " * 3 + "Déjà vu 👍🏽 again! ") * 4
+    request = InferRequest(inputs=[text, "no emoji here."], chunking={"strategy": "word", "max_chunk_size": 10,
+                                                                      "overlap": 2})
+    engine = Engine(ModelInfo(model_id="m", task_type="text_embedding", kind="sentence-transformers",
+                              path=__import__("pathlib").Path(".")), 1)
+    job = engine.new_job(request, None, None)
+    results = engine.by_input(job, lambda row: {})
+    chunks = results[0]["chunks"]
+    assert len(chunks) > 3
+    for c in chunks:
+        assert _java_substring(text, c["start_offset"], c["end_offset"]) == c["text"]
+    # The offsets are not code points: past the first emoji they differ.
+    assert any(text[c["start_offset"] : c["end_offset"]] != c["text"] for c in chunks)
+    assert [(c["start_offset"], c["end_offset"]) for c in results[1]["chunks"]] == [(0, 14)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["😀", "é", "e\u0301", "word", "𝔘", "中文", ".", "!"]), max_size=80),
+       st.sampled_from(["word", "sentence"]))
+def test_utf16_offsets_of_any_chunking_slice_like_java(pieces, strategy):
+    from infernetes.worker.chunking import utf16_index
+
+    text = " ".join(pieces)
+    index = utf16_index(text)
+    for c in chunk(text, {"strategy": strategy, "max_chunk_size": 20}):
+        assert _java_substring(text, index(c.start), index(c.end)) == text[c.start : c.end]
