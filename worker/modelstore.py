@@ -364,12 +364,17 @@ class ModelStore:
         overrides: dict[str, Any] | None = None,
         replace: bool = False,
         require_safetensors: bool = True,
+        fields: dict[str, Any] | None = None,
     ) -> ModelInfo:
-        """Write the manifest of a staged folder and move it into place with one rename."""
+        """Write the manifest of a staged folder and move it into place with one rename.
+
+        ``fields`` gives the manifest fields of a folder that ``inspect_folder`` cannot read (Elastic's format).
+        """
         target = self.path_for(model_id)
         if target.exists() and not replace:
             raise ModelStoreError(f"model [{model_id}] already exists in the store")
-        info = inspect_folder(staged, task_type, require_safetensors=require_safetensors)
+        info = dict(fields) if fields is not None else inspect_folder(staged, task_type,
+                                                                      require_safetensors=require_safetensors)
         info.update({k: v for k, v in (overrides or {}).items() if v is not None})
         files = {}
         size = 0
