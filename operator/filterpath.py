@@ -49,30 +49,31 @@ class PathFilter:
         self.start = self._closure({(i, 0) for i in range(len(compiled))})
 
     def _closure(self, states: set[State]) -> frozenset[State]:
-        # A ** may also match zero levels: the state after it is reached without reading a key.
-        # Runs of ** were collapsed, so one look ahead is enough.
+        # A ** followed by more segments may also match zero levels: the segment after it is tried on the
+        # same key. Runs of ** were collapsed, so one look ahead is enough.
         out = set(states)
         for p, i in states:
-            if i < len(self.paths[p]) and self.paths[p][i] == "**":
+            if self.paths[p][i] == "**" and i + 1 < len(self.paths[p]):
                 out.add((p, i + 1))
         return frozenset(out)
 
     def advance(self, states: frozenset[State], key: str) -> tuple[bool, frozenset[State]]:
         """(the whole subtree under ``key`` matched, the states for the value under ``key``)."""
+        full = False
         nxt: set[State] = set()
         for p, i in states:
-            path = self.paths[p]
-            if i >= len(path):
-                continue
             self.steps += 1
+            last = i == len(self.paths[p]) - 1
             match = self.matchers[p][i]
             if match is None:
                 nxt.add((p, i))  # ** swallows this level
+                full |= last
             elif match(key):
-                nxt.add((p, i + 1))
-        closed = self._closure(nxt)
-        full = any(i >= len(self.paths[p]) for p, i in closed)
-        return full, frozenset(s for s in closed if s[1] < len(self.paths[s[0]]))
+                if last:
+                    full = True
+                else:
+                    nxt.add((p, i + 1))
+        return full, self._closure(nxt)
 
     def include(self, node: Any, states: frozenset[State] | None = None) -> Any:
         states = self.start if states is None else states
