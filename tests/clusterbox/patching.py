@@ -265,15 +265,16 @@ def managers_of(obj: dict[str, Any]) -> list[Manager]:
 
 
 def record(managers: list[Manager], name: str, operation: str, api_version: str, subresource: str,
-           fields: set[Path], replace: bool) -> list[Manager]:
-    """Gives `fields` to one manager entry and takes them from every other."""
+           fields: set[Path], replace: bool, take: bool = True) -> list[Manager]:
+    """Gives `fields` to one manager entry and (an update's, not an apply's) takes them from every other."""
     out = []
     mine = None
     for m in managers:
         if (m.manager, m.operation, m.subresource) == (name, operation, subresource):
             mine = m
             continue
-        m.fields -= fields
+        if take:
+            m.fields -= fields
         if m.fields:
             out.append(m)
     new_fields = set(fields) if replace or mine is None else mine.fields | fields
@@ -328,11 +329,11 @@ def apply(live: dict[str, Any] | None, config: dict[str, Any], node: Node, manag
     previous = next((m.fields for m in managers if (m.manager, m.operation, m.subresource) == (manager, "Apply", subresource)), set())
     others = set().union(*(m.fields for m in managers if (m.manager, m.operation, m.subresource) != (manager, "Apply", subresource)))
     result = copy.deepcopy(live)
-    for p in sorted(previous - applied, key=len, reverse=True):
+    for p in sorted(previous - applied, key=len):  # an item before its fields: they go with it
         if p not in others and not any(o[:len(p)] == p for o in others):
             remove_path(result, p)
     result = _ssa_merge(result, config, node, top=True, status=status)
-    managers = record(managers, manager, "Apply", api_version, subresource, applied, replace=True)
+    managers = record(managers, manager, "Apply", api_version, subresource, applied, replace=True, take=False)
     result.setdefault("metadata", {})["managedFields"] = [m.entry() for m in managers]
     return result, []
 

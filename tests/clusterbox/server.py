@@ -378,9 +378,7 @@ class ApiServer:
                 if not contents:
                     new = copy.deepcopy(obj)
                     new["spec"]["finalizers"] = []
-                    self._store_update(res, obj, new)
-                    if not new["metadata"].get("finalizers"):
-                        self._remove(res, self.get(res, None, meta["name"]) or new)
+                    self._store_update(res, obj, new)  # removes it when no metadata finalizer is left
 
     @staticmethod
     def _same_owner(ref: dict[str, Any], owner: tuple[Resource, dict[str, Any]]) -> bool:
@@ -486,8 +484,11 @@ class ApiServer:
             if not name:
                 raise invalid(res, "", [FieldError("metadata.name", "FieldValueRequired", "Required value: name or generateName is required")])
             meta["name"] = name
-            if res.status and res.kind not in ("Namespace",):
+            if res.status:
                 new.pop("status", None)
+            if res.kind == "Namespace" and not res.group:  # what the namespace strategy sets
+                new["spec"] = {"finalizers": ["kubernetes"]}
+                new["status"] = {"phase": "Active"}
             for k in ("uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp", "managedFields"):
                 meta.pop(k, None)
         if old is None and not _NAME.match(name or "") or len(name or "") > 253:
