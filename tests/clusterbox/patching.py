@@ -332,6 +332,11 @@ def apply(live: dict[str, Any] | None, config: dict[str, Any], node: Node, manag
     for p in sorted(previous - applied, key=len):  # an item before its fields: they go with it
         if p not in others and not any(o[:len(p)] == p for o in others):
             remove_path(result, p)
+            # Maps left empty by the removal, and owned by nobody, go with their last field.
+            for depth in range(len(p) - 1, 1, -1):
+                parent = p[:depth]
+                if parent[-1][0] == "f" and get_path(result, parent) == {} and parent not in others:
+                    remove_path(result, parent)
     result = _ssa_merge(result, config, node, top=True, status=status)
     managers = record(managers, manager, "Apply", api_version, subresource, applied, replace=True, take=False)
     result.setdefault("metadata", {})["managedFields"] = [m.entry() for m in managers]
