@@ -46,3 +46,9 @@ kind-e2e: venv
 # The resilience suite alone, writing its figures to bench/results/resilience.json (summarised in README).
 resilience: venv
 	INFERNETES_RESILIENCE_OUT=bench/results/resilience.json $(VENV)/bin/pytest tests/resilience -q
+
+# A cluster in a box (tests/clusterbox): a Kubernetes API server on 127.0.0.1 for kubectl, no cluster needed.
+# Prints the kubeconfig to export; Ctrl-C stops it. Controllers and the kubelet are not part of it yet.
+.PHONY: cluster
+cluster: venv
+	$(VENV)/bin/python tests/clusterbox/__main__.py $(ARGS)

@@ -16,7 +16,7 @@ import httpx
 import yaml
 from aiohttp import web
 
-from .http import Routes
+from .routes import Routes
 from .rbac import User
 from .server import ApiServer
 from .tls import self_signed, server_context

@@ -30,7 +30,7 @@ from .patching import Manager
 from .rbac import Authorizer, User
 from .resources import BUILTIN, Resource, from_crd
 from .schema import FieldError, apply_defaults, prune, validate
-from .selectors import SelectorError, field_selector, label_selector, selector_string
+from .selection import SelectorError, field_selector, label_selector, selector_string
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -127,3 +127,25 @@ data: {level: info}
     assert "Replicas:" in kubectl("describe", "deployment", "web").stdout
     kubectl("delete", "-f", "-", input=manifest)
     assert api.get("/apis/apps/v1/namespaces/default/deployments/web").status_code == 404
+
+
+def test_make_cluster_entry_serves_kubectl_until_terminated(tmp_path: Path) -> None:
+    """What `make cluster` runs: the script prints its kubeconfig, kubectl works, SIGTERM stops it."""
+    import signal
+    import sys
+
+    config = tmp_path / "kubeconfig"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("__main__.py")), "--kubeconfig", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[1].strip() == f"kubeconfig: {config}", lines
+        got = subprocess.run([KUBECTL, "--kubeconfig", str(config), "get", "namespaces", "-o", "name"],
+                             capture_output=True, text=True, timeout=60)
+        assert "namespace/default" in got.stdout.split(), got.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

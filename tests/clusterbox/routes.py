@@ -16,7 +16,7 @@ from . import openapi, patching
 from .rbac import User
 from .resources import Resource
 from .schema import KUBE_VERSION
-from .selectors import SelectorError, field_selector, label_selector, selector_string
+from .selection import SelectorError, field_selector, label_selector, selector_string
 from .server import ApiError, ApiServer, Request, Watcher, _details, _get_dotted, _set_dotted, conflict, not_found
 
 _MERGE = "application/merge-patch+json"
