@@ -1,4 +1,6 @@
-"""API keys, as Elasticsearch does them: ``Authorization: ApiKey <base64(id:api_key)>``.
+"""API keys, as Elasticsearch does them: ``Authorization: ApiKey <base64(id:api_key)>``; the same
+credential is accepted as ``Authorization: Bearer <base64(id:api_key)>``, which is how OpenAI and TEI
+clients (and Elasticsearch's ``openai`` and ``hugging_face`` services) send their key.
 
 Keys live in a JSON file of hashed secrets (never the secret itself): the data directory's
 ``api-keys.json`` locally, a mounted Secret in a cluster. Two privileges, in Elasticsearch's terms:
@@ -125,9 +127,9 @@ class Authenticator:
         if not authorization:
             raise Unauthorized(f"missing authentication credentials for REST request [{path}]")
         scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "apikey":
+        if scheme.lower() not in ("apikey", "bearer"):
             raise Unauthorized(f"unable to authenticate with provided credentials for REST request [{path}]: "
-                               "only ApiKey credentials are supported")
+                               "only ApiKey (or Bearer) credentials are supported")
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode()
             key_id, _, secret = decoded.partition(":")

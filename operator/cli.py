@@ -179,7 +179,17 @@ def cmd_models_import(args: argparse.Namespace) -> int:
             print(f"infernetes: --prompt expects INPUT_TYPE=TEXT, got [{item}]", file=sys.stderr)
             return 2
         prompts[key.upper()] = value
-    overrides = {"prompts": prompts or None, "max_seq_length": args.max_seq_length}
+    overrides: dict[str, Any] = {"prompts": prompts or None, "max_seq_length": args.max_seq_length}
+    if args.matryoshka_dimensions:
+        try:
+            dims = sorted({int(d) for d in args.matryoshka_dimensions.split(",")}, reverse=True)
+        except ValueError:
+            dims = []
+        if not dims or dims[-1] < 1:
+            print(f"infernetes: --matryoshka-dimensions expects sizes such as 256,128,64, got "
+                  f"[{args.matryoshka_dimensions}]", file=sys.stderr)
+            return 2
+        overrides["options"] = {"matryoshka_dimensions": dims}
     store = _store(args)
     if not args.replace and store.get(args.model_id) is not None:
         print(f"infernetes: model [{args.model_id}] is already in the store; add --replace to overwrite it "
@@ -437,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--prompt", action="append", metavar="INPUT_TYPE=TEXT",
                      help='prompt per input type, e.g. --prompt SEARCH="query: " (default: from the model config)')
     imp.add_argument("--max-seq-length", type=int, help="truncate inputs to this many tokens")
+    imp.add_argument("--matryoshka-dimensions", metavar="N,N,...",
+                     help="output sizes the model was trained for (Matryoshka); allows dimensions on "
+                          "/v1/embeddings and TEI's /embed")
     imp.add_argument("--replace", action="store_true", help="replace a model with the same id")
     _data_dir_arg(imp)
     imp.set_defaults(func=cmd_models_import)

@@ -302,6 +302,21 @@ class InferenceService:
                 "exists"
             ) from None
 
+    async def endpoint(self, inference_id: str) -> Endpoint:
+        """An endpoint as inference calls see it (cached briefly); 404 when there is none."""
+        return (await self._endpoint_for_inference(inference_id))[0]
+
+    async def worker_call(self, ep: Endpoint, path: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+        """Another request to an allocation of the endpoint's deployment: its model's tokenizer
+        (``/tokenize``, ``/decode``, ``/token_ids``) or its manifest (``/info``)."""
+        try:
+            return await self.runtime.infer(ep.deployment_id, payload, timeout, path=path)
+        except ResourceNotFound:
+            raise ResourceNotFound(
+                f"Inference endpoint [{ep.inference_id}] refers to deployment [{ep.deployment_id}], which no longer "
+                "exists"
+            ) from None
+
     def worker_request(self, ep: Endpoint, body: Any, *, chunked: bool = False,
                        spec: EndpointSpec | None = None) -> bytes:
         """Validate an inference body and merge it with the endpoint's task settings."""

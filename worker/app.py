@@ -1,4 +1,5 @@
-"""The worker's HTTP app: ``POST /infer``, health, readiness, stats and Prometheus metrics.
+"""The worker's HTTP app: ``POST /infer``, the model's tokenizer (``POST /tokenize``, ``/decode``,
+``/token_ids``), health, readiness, stats and Prometheus metrics.
 
 The model loads on a background thread after the server starts listening, so ``/healthz`` answers
 at once and ``/readyz`` turns 200 only when the model is loaded and warmed up. A request whose
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -184,7 +185,58 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
         state.metrics.postprocess_seconds.observe(time.perf_counter() - t1)
         state.metrics.requests.inc()
         state.metrics.request_seconds.observe(time.perf_counter() - t0)
-        return Response(payload, media_type=JSON)
+        return Response(payload, media_type=JSON, headers={"X-Infernetes-Prompt-Tokens": str(job.tokens)})
+
+    async def tokenizer_call(request: Request, work: Callable[[dict[str, Any]], Any]) -> Response:
+        """Run one tokenizer request (``work`` reads the parsed body) on the tokeniser thread."""
+        if state.state != "started":
+            reason = state.failure or f"model [{state.info.model_id}] is {state.state}"
+            return _error(503, "status_exception", reason, {"Retry-After": "1"})
+        try:
+            data = orjson.loads(await request.body())
+            if not isinstance(data, dict):
+                raise ValueError("request body must be a JSON object")
+            result = await state.batcher.on_tokenizer_thread(work, data)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, "parse_exception", f"Failed to parse request body: {exc}")
+        except ValueError as exc:
+            return _error(400, "status_exception", str(exc))
+        return Response(orjson.dumps(result), media_type=JSON)
+
+    def _strings(data: dict[str, Any], name: str) -> list[str]:
+        value = data.get(name)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"[{name}] must be a non-empty string or array of strings")
+        if len(value) > settings.max_inputs:
+            raise ValueError(f"[{name}] has {len(value)} entries; at most {settings.max_inputs} are allowed")
+        return value
+
+    def _tokenize(data: dict[str, Any]) -> dict[str, Any]:
+        prompt = state.info.prompt_for(data.get("input_type"))
+        add_special = data.get("add_special_tokens", True) is not False
+        return {"tokens": state.engine.token_details(_strings(data, "input"), prompt, add_special)}
+
+    def _decode(data: dict[str, Any]) -> dict[str, Any]:
+        ids = data.get("ids")
+        if (not isinstance(ids, list) or not ids or len(ids) > settings.max_inputs
+                or not all(isinstance(row, list) and row and all(isinstance(t, int) and not isinstance(t, bool)
+                                                                 for t in row) for row in ids)):
+            raise ValueError(f"[ids] must be 1 to {settings.max_inputs} non-empty arrays of token ids")
+        return {"texts": state.engine.decode(ids)}
+
+    def _token_ids(data: dict[str, Any]) -> dict[str, Any]:
+        return {"ids": state.engine.token_ids(_strings(data, "tokens"))}
+
+    async def tokenize(request: Request) -> Response:
+        return await tokenizer_call(request, _tokenize)
+
+    async def decode(request: Request) -> Response:
+        return await tokenizer_call(request, _decode)
+
+    async def token_ids(request: Request) -> Response:
+        return await tokenizer_call(request, _token_ids)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)
@@ -205,10 +257,13 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
     app = Starlette(
         routes=[
             Route("/infer", infer, methods=["POST"]),
+            Route("/tokenize", tokenize, methods=["POST"]),
+            Route("/decode", decode, methods=["POST"]),
+            Route("/token_ids", token_ids, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/stats", stats),
-            Route("/info", info),
+            Route("/info", info, methods=["GET", "POST"]),  # POST: what the gateway's router sends
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,

@@ -14,12 +14,15 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from .engine import Engine, Job, Segment, collate
 from .metrics import WorkerMetrics
 
 log = logging.getLogger("infernetes.worker")
+T = TypeVar("T")
 
 
 class QueueFull(Exception):
@@ -108,6 +111,10 @@ class Batcher:
             with self._cond:
                 self._reserved -= n
             self.metrics.in_flight.dec()
+
+    async def on_tokenizer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the tokeniser thread: the tokenizer is never used from two threads at once."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
 
     def cancel(self, job: Job) -> None:
         """The client went away: its queued segments will be skipped."""

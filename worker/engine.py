@@ -51,6 +51,7 @@ class Job:
     truncated: list[bool] = field(default_factory=list)
     segments_left: int = 0
     cancelled: bool = False
+    tokens: int = 0  # tokens the model reads for this job, special tokens and prompts included (OpenAI's usage)
 
     def __post_init__(self) -> None:
         self.outputs = [None] * len(self.rows)
@@ -198,6 +199,7 @@ class Engine:
         features = self.tokenize(job.rows, prompt, task)
         mask = features["attention_mask"]
         lengths = mask.sum(1).tolist()
+        job.tokens = int(sum(lengths))
         if self.flags_truncation:
             full = self.max_seq_length
             for i, n in enumerate(lengths):
@@ -227,6 +229,47 @@ class Engine:
     def _exceeds(self, row: Any, prompt: str | None) -> bool:
         text = (prompt or "") + row if isinstance(row, str) else row
         return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]) > self.max_seq_length
+
+    # -- the tokenizer on its own (TEI's /tokenize, token-id inputs, sparse token ids) ------------
+
+    def token_details(self, texts: list[str], prompt: str | None, add_special_tokens: bool) -> list[list[dict[str, Any]]]:
+        """Each text's tokens as TEI's ``/tokenize`` shows them: id, text, special, character start and stop."""
+        tok = self.tokenizer
+        special = set(tok.all_special_ids)
+        out = []
+        for text in texts:
+            full = (prompt or "") + text
+            enc = tok(full, add_special_tokens=add_special_tokens, truncation=True, max_length=self.max_seq_length,
+                      return_offsets_mapping=True)
+            tokens = []
+            for token_id, (start, stop) in zip(enc["input_ids"], enc["offset_mapping"]):
+                is_special = token_id in special
+                tokens.append({
+                    "id": int(token_id),
+                    "text": tok.convert_ids_to_tokens(token_id) if is_special else full[start:stop],
+                    "special": is_special,
+                    "start": None if is_special else int(start),
+                    "stop": None if is_special else int(stop),
+                })
+            out.append(tokens)
+        return out
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        """Token ids back to text (special tokens dropped), for inputs given as token ids."""
+        size = len(self.tokenizer)
+        for i, row in enumerate(ids):
+            bad = [t for t in row if not 0 <= t < size]
+            if bad:
+                raise ValueError(f"[input] entry [{i}] holds token id [{bad[0]}], outside the model's "
+                                 f"vocabulary of {size} tokens")
+        return list(self.tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+    def token_ids(self, tokens: list[str]) -> list[int | None]:
+        """Vocabulary ids of tokens (None for a token the vocabulary does not hold)."""
+        unk = self.tokenizer.unk_token_id
+        ids = self.tokenizer.convert_tokens_to_ids(tokens)
+        return [None if (i is None or (i == unk and t != self.tokenizer.unk_token)) else int(i)
+                for t, i in zip(tokens, ids)]
 
     # -- core ---------------------------------------------------------------------------------
 

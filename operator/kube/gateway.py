@@ -368,11 +368,12 @@ class KubeRuntime:
 
         return list(await asyncio.gather(*(one(p) for p in self._pod_list(deployment_id))))
 
-    async def infer(self, deployment_id: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+    async def infer(self, deployment_id: str, payload: bytes, timeout: float,
+                    path: str = "/infer") -> tuple[int, bytes, dict[str, str]]:
         urls = self.ready_urls(deployment_id)
         if not urls:
             urls = await self._hold(deployment_id, timeout)
-        return await self.router.forward(urls, payload, timeout, what=f"deployment [{deployment_id}]")
+        return await self.router.forward(urls, payload, timeout, what=f"deployment [{deployment_id}]", path=path)
 
     async def _hold(self, deployment_id: str, timeout: float) -> list[str]:
         status = self.status(deployment_id)

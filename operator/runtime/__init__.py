@@ -73,7 +73,9 @@ class Runtime(Protocol):
 
     async def node_stats(self, deployment_id: str) -> list[dict[str, Any]]: ...
 
-    async def infer(self, deployment_id: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
-        """Run one inference request on an allocation of the deployment."""
+    async def infer(self, deployment_id: str, payload: bytes, timeout: float,
+                    path: str = "/infer") -> tuple[int, bytes, dict[str, str]]:
+        """Run one request on an allocation of the deployment: inference (``/infer``), or the worker's
+        tokenizer (``/tokenize``, ``/decode``, ``/token_ids``)."""
 
     async def close(self) -> None: ...

@@ -222,7 +222,8 @@ class LocalRuntime:
 
         return list(await asyncio.gather(*(one(a) for a in dep.allocations + dep.retiring)))
 
-    async def infer(self, deployment_id: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+    async def infer(self, deployment_id: str, payload: bytes, timeout: float,
+                    path: str = "/infer") -> tuple[int, bytes, dict[str, str]]:
         dep = self._get(deployment_id)
         urls = dep.ready_urls()
         if not urls:
@@ -231,7 +232,7 @@ class LocalRuntime:
             timeout = max(1.0, timeout - (time.monotonic() - started))
         return await self.router.forward(
             urls, payload, timeout, on_failure=lambda url: self._suspect(dep, url),
-            what=f"deployment [{deployment_id}]",
+            what=f"deployment [{deployment_id}]", path=path,
         )
 
     async def close(self) -> None:

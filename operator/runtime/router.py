@@ -21,6 +21,8 @@ from ..errors import RequestTimeout, ServiceUnavailable
 
 RETRIABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 JSON_HEADERS = {"Content-Type": "application/json"}
+# Worker headers the gateway passes on: back-pressure, and the prompt token count (OpenAI's usage).
+PASSED_HEADERS = ("Retry-After", "X-Infernetes-Prompt-Tokens")
 
 
 class Router:
@@ -55,6 +57,7 @@ class Router:
         *,
         on_failure: Callable[[str], None] | None = None,
         what: str = "deployment",
+        path: str = "/infer",
     ) -> tuple[int, bytes, dict[str, str]]:
         candidates = list(urls)
         last_error: Exception | None = None
@@ -64,7 +67,7 @@ class Router:
             url = self.pick(candidates)
             self.inflight[url] += 1
             try:
-                async with self.session.post(url + "/infer", data=payload, headers=JSON_HEADERS,
+                async with self.session.post(url + path, data=payload, headers=JSON_HEADERS,
                                              timeout=aiohttp.ClientTimeout(total=timeout,
                                                                            connect=min(5.0, timeout))) as resp:
                     content = await resp.read()
@@ -73,8 +76,7 @@ class Router:
                         # draining): another allocation can answer now.
                         candidates.remove(url)
                         continue
-                    retry_after = resp.headers.get("Retry-After")
-                    return resp.status, content, {"Retry-After": retry_after} if retry_after else {}
+                    return resp.status, content, {k: v for k in PASSED_HEADERS if (v := resp.headers.get(k))}
             except asyncio.TimeoutError:
                 raise RequestTimeout(
                     f"Timed out after [{timeout:g}s] waiting for inference on {what}; "

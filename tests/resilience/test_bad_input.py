@@ -11,6 +11,7 @@ from helpers import ServerThread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infernetes.operator.api.errors import family
 from infernetes.operator.embedded import EmbeddedOptions
 
 COUNTS = {"schemathesis_cases": 0, "hypothesis_bodies": 0, "hostile_requests": 0, "server_errors": 0}
@@ -24,13 +25,27 @@ def assert_es_error(status: int, body: object) -> None:
     assert error["root_cause"][0]["type"] == error["type"]
 
 
-def check(response_status: int, json_body, figures_key: str) -> None:
+def assert_protocol_error(path: str, status: int, body: object) -> None:
+    """Elasticsearch's error body, or on the other protocols' routes (OpenAI, Cohere, TEI) theirs."""
+    kind = family(path)
+    if kind == "elasticsearch":
+        assert_es_error(status, body)
+    elif kind == "openai":
+        assert isinstance(body, dict) and set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"} and body["error"]["message"], body
+    elif kind == "cohere":
+        assert isinstance(body, dict) and set(body) == {"message"} and body["message"], body
+    else:
+        assert isinstance(body, dict) and set(body) == {"error", "error_type"} and body["error"], body
+
+
+def check(response_status: int, json_body, figures_key: str, path: str = "/") -> None:
     COUNTS[figures_key] += 1
     if response_status >= 500:
         COUNTS["server_errors"] += 1
     assert response_status < 500, json_body
     if response_status >= 400:
-        assert_es_error(response_status, json_body)
+        assert_protocol_error(path, response_status, json_body)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +93,7 @@ def test_openapi_fuzz(api_schema, server):
             content_type = header("content-type")
             body = response.json() if content_type.startswith(("application/json", "application/vnd")) else None
             if response.status_code >= 400:
-                check(response.status_code, body, "schemathesis_cases")
+                check(response.status_code, body, "schemathesis_cases", operation.path)
             else:
                 COUNTS["schemathesis_cases"] += 1
             assert header("x-elastic-product") == "Elasticsearch"
