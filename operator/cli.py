@@ -35,8 +35,17 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
 
 def _data_dir(args: argparse.Namespace) -> Path:
     path = (args.data_dir or default_data_dir()).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)  # endpoint definitions, keys and logs: this user's only
     return path
+
+
+def _data_dir_problem(data_dir: Path | None, exc: OSError) -> str:
+    """What is wrong with the data directory and what to do, for a start-up error (no traceback)."""
+    where = data_dir or "the data directory"
+    what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    return (f"infernetes: cannot use the data directory [{where}] ({what}). Make it writable by this user "
+            "(check its permissions, that its file system is mounted read-write and has space), or choose "
+            "another with --data-dir or $INFERNETES_DATA_DIR.")
 
 
 # -- serve ------------------------------------------------------------------------------------------
@@ -46,19 +55,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..worker.modelstore import ModelStore
-    from .embedded import EmbeddedOptions, build_app
-    from .autoscaler import AutoscalerSettings
-    from .gateway import GatewaySettings
+    from .store import StoreOpenError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("sentence_transformers", "transformers", "huggingface_hub", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    data_dir = _data_dir(args)
-    lock = open(data_dir / "serve.lock", "w")  # noqa: SIM115 - held for the life of the process
+    data_dir = None
     try:
+        data_dir = _data_dir(args)
+        lock = open(data_dir / "serve.lock", "w")  # noqa: SIM115 - held for the life of the process
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"infernetes: another `infernetes serve` is using {data_dir}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(_data_dir_problem(data_dir, exc), file=sys.stderr)
         return 1
     if args.demo:
         from .demo import install_demo_models
@@ -67,11 +78,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         for line in install_demo_models(ModelStore(data_dir / "models"), progress=training_progress(sys.stdout)):
             print(line, flush=True)
-    auth = _serve_auth(args, data_dir)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("infernetes: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    app = build_app(
+    try:
+        auth = _serve_auth(args, data_dir)
+        app = _build_serve_app(args, data_dir, auth)
+    except StoreOpenError as exc:
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(_data_dir_problem(data_dir, exc), file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a bad $INFERNETES_MAX_ALLOCATED_PROCESSORS
+        print(f"infernetes: {exc}", file=sys.stderr)
+        return 2
+    scheme = "https" if args.tls_cert else "http"
+    print(f"Infernetes serving the Elasticsearch inference API on {scheme}://{args.host}:{args.port} "
+          f"(data in {data_dir}; API keys {'required' if auth else 'off'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=35, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    return 0
+
+
+def _build_serve_app(args: argparse.Namespace, data_dir: Path, auth: Any) -> Any:
+    from .autoscaler import AutoscalerSettings
+    from .embedded import EmbeddedOptions, build_app
+    from .gateway import GatewaySettings
+
+    return build_app(
         data_dir,
         EmbeddedOptions(
             max_inputs=args.max_inputs, queue_capacity=args.queue_capacity, worker_log_level=args.worker_log_level,
@@ -79,14 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             autoscaler=AutoscalerSettings(interval_s=args.autoscale_interval,
                                           scale_down_window_s=args.scale_down_window,
                                           idle_to_zero_s=args.scale_to_zero_after),
+            max_allocated_processors=args.max_allocated_processors,
         ),
     )
-    scheme = "https" if args.tls_cert else "http"
-    print(f"Infernetes serving the Elasticsearch inference API on {scheme}://{args.host}:{args.port} "
-          f"(data in {data_dir}; API keys {'required' if auth else 'off'})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=35, ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
-    return 0
 
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -365,6 +395,16 @@ getting started:
 """
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got [{value}]")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infernetes", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -398,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-log-level", default="warning", choices=["debug", "info", "warning", "error"],
                        help="log level of the worker processes, in <data-dir>/logs/ (default warning)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    serve.add_argument("--max-allocated-processors", type=_positive_int, metavar="N",
+                       help="allocations x threads one deployment may use (all together: 4 x N); more is refused "
+                            "with 429 (default: $INFERNETES_MAX_ALLOCATED_PROCESSORS, else the CPUs this process "
+                            "may use)")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("api-keys", help="manage the gateway's API keys")

@@ -27,12 +27,15 @@ class EmbeddedOptions:
     # Where built-in models are downloaded from (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, huggingface.co).
     model_hub: str | None = None
     allow_download: bool = True
+    # Allocations x threads one deployment may run (see infernetes.operator.capacity); None: the machine's CPUs.
+    max_allocated_processors: int | None = None
     autoscaler: AutoscalerSettings = AutoscalerSettings()
     gateway: GatewaySettings = GatewaySettings()
 
 
 def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI:
     options = options or EmbeddedOptions()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     models = ModelStore(data_dir / "models")
     models.clean_staging()
     catalog = ModelCatalog(models, hub=options.model_hub, allow_download=options.allow_download)
@@ -44,6 +47,7 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
             max_batch_size=options.max_batch_size,
             worker_log_level=options.worker_log_level,
             hold_timeout_s=options.hold_timeout_s,
+            max_allocated_processors=options.max_allocated_processors,
         ),
         catalog,
         options.autoscaler,
@@ -53,5 +57,6 @@ def build_app(data_dir: Path, options: EmbeddedOptions | None = None) -> FastAPI
         runtime,
         catalog,
         Limits(max_inputs=options.max_inputs, queue_capacity=options.queue_capacity),
+        capacity=runtime.capacity,
     )
     return create_app(service, options.gateway, extra_registries=[runtime.autoscaler_metrics.registry])

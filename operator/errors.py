@@ -116,6 +116,30 @@ class ModelFailure(StatusError):
     status = 500
 
 
+class StorageFailure(InfernetesError):
+    """The data directory cannot be written (read-only, full, out of file descriptors). Elasticsearch reports
+    a java.io.IOException as ``i_o_exception``; the disk is the server's, so 503 (retry once it is fixed)."""
+
+    status = 503
+    error_type = "i_o_exception"
+
+
+class StorageCorrupt(InfernetesError):
+    """The stored state cannot be read back (a corrupt database page or header)."""
+
+    status = 500
+    error_type = "corrupt_state_exception"
+
+
+class CapacityExceeded(StatusError):
+    """Elasticsearch's answer when no ML node can hold a deployment: 429 with what would fit."""
+
+    status = 429
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
 def error_body(status: int, error_type: str, reason: str) -> dict[str, Any]:
     """An Elasticsearch-shaped body for errors raised outside the taxonomy (routing, framework)."""
     cause = {"type": error_type, "reason": reason}

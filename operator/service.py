@@ -17,17 +17,23 @@ from typing import Any
 
 import orjson
 
+from ..worker.elastic_format import ES_TASK, Uploads
+from ..worker.elastic_format import trained_model_config as elastic_trained_model_config
 from ..worker.modelstore import ModelInfo
+from .capacity import Capacity
 from .catalog import ModelCatalog
 from .errors import (
     BadRequest,
+    CapacityExceeded,
     Conflict,
     ModelFailure,
     RequestTimeout,
     ResourceAlreadyExists,
     ResourceNotFound,
+    ServiceUnavailable,
     ValidationFailed,
 )
+from .locks import KeyedLocks
 from .records import Deployment, Endpoint
 from .runtime import DeploymentStatus, Runtime
 from pydantic import ValidationError
@@ -91,6 +97,24 @@ def render_endpoint(ep: Endpoint, dep: Deployment | None, model: ModelInfo | Non
     return out
 
 
+def _ep(inference_id: str) -> str:
+    return "endpoint/" + inference_id
+
+
+def _dep(deployment_id: str) -> str:
+    return "deployment/" + deployment_id
+
+
+def _map(value: Any, name: str) -> dict[str, Any]:
+    """An object-valued setting of an update body: a JSON object, or null for none."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationFailed([f"field [{name}] is not of the expected type. The value [{value}] cannot be "
+                                "converted to a [Map]"])
+    return value
+
+
 def _matches(patterns: list[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
 
@@ -99,13 +123,23 @@ class InferenceService:
     # Endpoints looked up by inference calls are kept this long (writes through this service drop them at once;
     # in a cluster, kubectl edits show after at most this long).
     CACHE_SECONDS = 1.0
+    # How long a change without a timeout of its own (DELETE, _stop, _update) waits for another change to the
+    # same id: a DELETE drains for up to 30 s, plus the worker's shutdown.
+    LOCK_WAIT_SECONDS = 60.0
 
-    def __init__(self, store: Store, runtime: Runtime, catalog: ModelCatalog, limits: Limits | None = None) -> None:
+    def __init__(self, store: Store, runtime: Runtime, catalog: ModelCatalog, limits: Limits | None = None,
+                 capacity: Capacity | None = None) -> None:
         self.store = store
         self.runtime = runtime
         self.catalog = catalog
         self.limits = limits or Limits()
+        # What the machine can run (the embedded runtime); None where a scheduler decides (Kubernetes).
+        self.capacity = capacity
         self._cache: dict[str, tuple[float, Endpoint, EndpointSpec]] = {}
+        # Changes to one endpoint or deployment run one at a time (see infernetes.operator.locks).
+        self._locks = KeyedLocks()
+        # Deployments in the store that could not be started (restore), with the reason: shown as failed.
+        self._failed: dict[str, str] = {}
 
     async def _endpoint_for_inference(self, inference_id: str) -> tuple[Endpoint, EndpointSpec]:
         """The endpoint and its parsed spec, from a short-lived cache (the hot path does no store reads)."""
@@ -128,12 +162,38 @@ class InferenceService:
             self._cache.pop(inference_id, None)
 
     async def restore(self) -> None:
-        """Bring every stored deployment back (after a restart of the server)."""
+        """Bring every stored deployment back (after a restart of the server). One that cannot start (it no
+        longer fits the machine, or its start fails) is marked failed with the reason; the others serve."""
+        restored: list[Deployment] = []
         for dep in await self.store.list_deployments():
             try:
-                await self.runtime.apply(dep)
-            except Exception:  # one broken deployment must not keep the others down
+                async with self._locks.hold(_dep(dep.deployment_id)):
+                    if self.capacity is not None:
+                        self.capacity.admit(dep, restored)
+                    await self.runtime.apply(dep)
+                restored.append(dep)
+            except CapacityExceeded as exc:
+                self._failed[dep.deployment_id] = exc.reason
+                log.error("deployment %s not restored: %s", dep.deployment_id, exc.reason)
+            except Exception as exc:  # one broken deployment must not keep the others down
+                self._failed[dep.deployment_id] = f"could not be restored: {type(exc).__name__}: {exc}"
                 log.exception("could not restore deployment %s", dep.deployment_id)
+
+    async def _admit(self, dep: Deployment) -> None:
+        """Refuse up front (429, with what fits) a deployment the machine cannot run beside the others."""
+        if self.capacity is not None:
+            running = [d for d in await self.store.list_deployments() if d.deployment_id not in self._failed]
+            self.capacity.admit(dep, running)
+
+    def _status(self, deployment_id: str) -> DeploymentStatus:
+        return self.runtime.status(deployment_id) or DeploymentStatus(
+            deployment_id, target=0, failure=self._failed.get(deployment_id))
+
+    async def _wait(self, deployment_id: str, timeout: float, *, fully: bool = True) -> DeploymentStatus:
+        try:
+            return await self.runtime.wait(deployment_id, timeout, fully=fully)
+        except ResourceNotFound:  # removed meanwhile (a DELETE or _stop ran after the change)
+            return DeploymentStatus(deployment_id, target=0, stopping=True)
 
     # -- endpoints ------------------------------------------------------------------------------
 
@@ -142,34 +202,38 @@ class InferenceService:
     ) -> dict[str, Any]:
         task_type = task_type or await self._task_from_body(body)
         spec = parse_endpoint(task_type, inference_id, body)
-        if await self.store.get_endpoint(inference_id) is not None:
-            raise ResourceAlreadyExists(f"Inference endpoint [{inference_id}] already exists")
-        settings = spec.settings
-        existing = await self.store.get_deployment(spec.deployment_id) if settings.deployment_id else None
-        if existing is not None:
-            dep, model = self._reuse(spec, existing)
-            created = None
-        else:
-            if settings.model_id is None:
-                raise ResourceNotFound(
-                    f"Could not find deployment [{spec.deployment_id}]; start it with "
-                    f"POST _ml/trained_models/<model_id>/deployment/_start?deployment_id={spec.deployment_id} "
-                    "or give [service_settings.model_id]"
-                )
-            model = self._model_for(spec)
-            dep = self._new_deployment(spec, model)
-            created = dep
-        endpoint = Endpoint(
-            inference_id=inference_id,
-            task_type=task_type,
-            deployment_id=dep.deployment_id,
-            body=spec.body.model_dump(exclude_none=True),
-        )
-        await self.store.create(endpoint, created)
-        self._forget(inference_id)
+        async with self._hold(timeout, _ep(inference_id), _dep(spec.deployment_id)):
+            if await self.store.get_endpoint(inference_id) is not None:
+                raise ResourceAlreadyExists(f"Inference endpoint [{inference_id}] already exists")
+            settings = spec.settings
+            existing = await self.store.get_deployment(spec.deployment_id) if settings.deployment_id else None
+            if existing is not None:
+                dep, model = self._reuse(spec, existing)
+                created = None
+            else:
+                if settings.model_id is None:
+                    raise ResourceNotFound(
+                        f"Could not find deployment [{spec.deployment_id}]; start it with "
+                        f"POST _ml/trained_models/<model_id>/deployment/_start?deployment_id={spec.deployment_id} "
+                        "or give [service_settings.model_id]"
+                    )
+                model = self._model_for(spec)
+                dep = self._new_deployment(spec, model)
+                await self._admit(dep)
+                created = dep
+            endpoint = Endpoint(
+                inference_id=inference_id,
+                task_type=task_type,
+                deployment_id=dep.deployment_id,
+                body=spec.body.model_dump(exclude_none=True),
+            )
+            await self.store.create(endpoint, created)
+            self._forget(inference_id)
+            if created is not None:
+                self._failed.pop(created.deployment_id, None)
+                await self.runtime.apply(created)
         if created is not None:
-            await self.runtime.apply(created)
-            status = await self.runtime.wait(created.deployment_id, timeout)
+            status = await self._wait(created.deployment_id, timeout)
             if status.state == "failed":
                 # The endpoint stays, in state [failed] with the reason, visible in GET and _stats.
                 raise ModelFailure(
@@ -198,6 +262,12 @@ class InferenceService:
             if isinstance(deployment_id, str) and (dep := await self.store.get_deployment(deployment_id)):
                 return dep.task_type
         raise BadRequest("task_type is required: use PUT _inference/{task_type}/{inference_id}")
+
+    def _hold(self, timeout: float, *keys: str) -> Any:
+        """The locks of the ids a change touches; waiting for them counts against the request's timeout."""
+        return self._locks.hold(*keys, timeout=timeout, busy=(
+            f"Another change to [{', '.join(k.split('/', 1)[1] for k in sorted(set(keys)))}] is still in progress "
+            "(a DELETE or _stop drains running requests first); retry the request"))
 
     def _model_for(self, spec: EndpointSpec) -> ModelInfo | None:
         """The model an endpoint asks for; None while a built-in model still has to be downloaded."""
@@ -257,6 +327,14 @@ class InferenceService:
         ep = await self.store.get_endpoint(inference_id)
         if ep is None:
             raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        async with self._hold(self.LOCK_WAIT_SECONDS, _ep(inference_id), _dep(ep.deployment_id)):
+            return await self._delete_endpoint(inference_id, task_type, force=force, dry_run=dry_run)
+
+    async def _delete_endpoint(self, inference_id: str, task_type: str | None, *, force: bool,
+                               dry_run: bool) -> dict[str, Any]:
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
         if task_type is not None and task_type != ep.task_type:
             raise BadRequest(
                 f"Requested task type [{task_type}] does not match the inference endpoint's task type "
@@ -278,6 +356,7 @@ class InferenceService:
         await self.store.delete_endpoint(inference_id, with_deployment=owns)
         self._forget(inference_id)
         if owns:
+            self._failed.pop(ep.deployment_id, None)
             await self.runtime.remove(ep.deployment_id)
         return {"acknowledged": True, "pipelines": []}
 
@@ -294,9 +373,16 @@ class InferenceService:
                 f"endpoint type [{ep.task_type}]"
             )
         payload = self.worker_request(ep, body, chunked=chunked, spec=spec)
+        if timeout <= 0:
+            # As Elasticsearch: a zero timeout has passed before the inference could run (never "no timeout").
+            raise RequestTimeout(f"Timed out after [{timeout:g}s] waiting for inference on inference endpoint "
+                                 f"[{inference_id}]; give a positive ?timeout=")
         try:
             return await self.runtime.infer(ep.deployment_id, payload, timeout)
         except ResourceNotFound:
+            if ep.deployment_id in self._failed:
+                raise ServiceUnavailable(f"deployment [{ep.deployment_id}] failed: {self._failed[ep.deployment_id]}",
+                                         retry_after=30) from None
             raise ResourceNotFound(
                 f"Inference endpoint [{inference_id}] refers to deployment [{ep.deployment_id}], which no longer "
                 "exists"
@@ -395,6 +481,9 @@ class InferenceService:
         timeout: float = 30.0,
     ) -> dict[str, Any]:
         deployment_id = deployment_id or model_id
+        _check_types(deployment_id=(deployment_id, str), priority=(priority, str), wait_for=(wait_for, str),
+                     number_of_allocations=(number_of_allocations, int), queue_capacity=(queue_capacity, int),
+                     threads_per_allocation=(threads_per_allocation, int), adaptive_allocations=(adaptive, dict))
         validate_model_id(deployment_id, "deployment_id")
         settings = _deployment_settings(number_of_allocations, threads_per_allocation, adaptive, queue_capacity,
                                         priority, wait_for)
@@ -412,13 +501,19 @@ class InferenceService:
             queue_capacity=queue_capacity or self.limits.queue_capacity,
             priority=priority,
         )
-        await self.store.create(None, dep)
-        await self.runtime.apply(dep)
+        async with self._hold(timeout, _dep(deployment_id)):
+            await self._admit(dep)
+            await self.store.create(None, dep)
+            self._failed.pop(deployment_id, None)
+            await self.runtime.apply(dep)
         if wait_for != "starting":
-            status = await self.runtime.wait(deployment_id, timeout, fully=wait_for == "fully_allocated")
+            status = await self._wait(deployment_id, timeout, fully=wait_for == "fully_allocated")
             if status.state == "failed":
-                await self.store.delete_deployment(deployment_id)
-                await self.runtime.remove(deployment_id)
+                async with self._hold(self.LOCK_WAIT_SECONDS, _dep(deployment_id)):
+                    current = await self.store.get_deployment(deployment_id)
+                    if current is not None and current.created == dep.created:  # still the one this call made
+                        await self.store.delete_deployment(deployment_id)
+                        await self.runtime.remove(deployment_id)
                 raise ModelFailure(f"Could not start deployment [{deployment_id}] of model [{model_id}]: "
                                    f"{status.failure}")
             reached = status.allocation_state == "fully_allocated" if wait_for == "fully_allocated" else \
@@ -442,6 +537,11 @@ class InferenceService:
 
     async def stop_deployment(self, id_: str, *, force: bool = False) -> dict[str, Any]:
         dep = await self._deployment(id_)
+        async with self._hold(self.LOCK_WAIT_SECONDS, _dep(dep.deployment_id)):
+            return await self._stop_deployment(dep.deployment_id, force=force)
+
+    async def _stop_deployment(self, deployment_id: str, *, force: bool) -> dict[str, Any]:
+        dep = await self._deployment(deployment_id)
         users = [e.inference_id for e in await self.store.list_endpoints() if e.deployment_id == dep.deployment_id]
         if users and not force:
             raise Conflict(
@@ -452,6 +552,7 @@ class InferenceService:
             await self.store.delete_endpoint(inference_id, with_deployment=False)
         self._forget(*users)
         await self.store.delete_deployment(dep.deployment_id)
+        self._failed.pop(dep.deployment_id, None)
         await self.runtime.remove(dep.deployment_id)
         return {"stopped": True}
 
@@ -460,6 +561,16 @@ class InferenceService:
         threads: int | None = None,
     ) -> Deployment:
         dep = await self._deployment(id_)
+        async with self._hold(self.LOCK_WAIT_SECONDS, _dep(dep.deployment_id)):
+            return await self._update_deployment(dep.deployment_id, number_of_allocations=number_of_allocations,
+                                                 adaptive=adaptive, threads=threads)
+
+    async def _update_deployment(
+        self, deployment_id: str, *, number_of_allocations: Any = None, adaptive: Any = None, threads: Any = None,
+    ) -> Deployment:
+        dep = await self._deployment(deployment_id)
+        _check_types(number_of_allocations=(number_of_allocations, int), num_threads=(threads, int),
+                     adaptive_allocations=(adaptive, dict))
         if threads is not None and threads != dep.num_threads:
             raise ValidationFailed(["[num_threads] cannot be updated"])
         if number_of_allocations is None and adaptive is None:
@@ -470,7 +581,12 @@ class InferenceService:
         else:
             updated = dep.with_(num_allocations=number_of_allocations or dep.num_allocations or 1,
                                 adaptive=adaptive if adaptive is not None else None)
+        if self.capacity is not None:
+            others = [d for d in await self.store.list_deployments()
+                      if d.deployment_id != dep.deployment_id and d.deployment_id not in self._failed]
+            self.capacity.admit(updated, others)
         await self.store.update_deployment(updated)
+        self._failed.pop(updated.deployment_id, None)
         await self.runtime.apply(updated)
         return updated
 
@@ -479,22 +595,30 @@ class InferenceService:
         ep = await self.store.get_endpoint(inference_id)
         if ep is None:
             raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
+        async with self._hold(self.LOCK_WAIT_SECONDS, _ep(inference_id), _dep(ep.deployment_id)):
+            return await self._update_endpoint(task_type, inference_id, body)
+
+    async def _update_endpoint(self, task_type: str | None, inference_id: str, body: Any) -> dict[str, Any]:
+        ep = await self.store.get_endpoint(inference_id)
+        if ep is None:
+            raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
         if task_type is not None and task_type != ep.task_type:
             raise BadRequest(f"Requested task type [{task_type}] does not match the inference endpoint's task type "
                              f"[{ep.task_type}]")
         if not isinstance(body, dict) or set(body) - {"service_settings", "task_settings"}:
             raise BadRequest("only [service_settings] and [task_settings] can be updated")
-        ss = body.get("service_settings") or {}
+        ss = _map(body.get("service_settings"), "service_settings")
         unknown = set(ss) - {"num_allocations", "adaptive_allocations", "num_threads"}
         if unknown:
             raise ValidationFailed([f"[service_settings.{n}] cannot be updated" for n in sorted(unknown)])
         new_body = dict(ep.body)
         if "task_settings" in body:
-            new_body["task_settings"] = {**ep.body.get("task_settings", {}), **(body["task_settings"] or {})}
+            new_body["task_settings"] = {**ep.body.get("task_settings", {}),
+                                         **_map(body["task_settings"], "task_settings")}
             parse_endpoint(ep.task_type, inference_id, new_body)
         if ss:
-            dep = await self.update_deployment(ep.deployment_id, number_of_allocations=ss.get("num_allocations"),
-                                               adaptive=ss.get("adaptive_allocations"), threads=ss.get("num_threads"))
+            dep = await self._update_deployment(ep.deployment_id, number_of_allocations=ss.get("num_allocations"),
+                                                adaptive=ss.get("adaptive_allocations"), threads=ss.get("num_threads"))
             settings = dict(new_body["service_settings"])
             settings.pop("num_allocations", None)
             settings.pop("adaptive_allocations", None)
@@ -510,7 +634,7 @@ class InferenceService:
         return render_endpoint(updated, dep, self.catalog.get(dep.model_id) if dep else None)
 
     def assignment(self, dep: Deployment) -> dict[str, Any]:
-        status = self.runtime.status(dep.deployment_id) or DeploymentStatus(dep.deployment_id, target=0)
+        status = self._status(dep.deployment_id)
         model = self.catalog.get(dep.model_id)
         out: dict[str, Any] = {
             "task_parameters": {
@@ -542,11 +666,19 @@ class InferenceService:
         """``GET _ml/trained_models[/{id}]``: the configuration of models in the store."""
         patterns = ["*" if p in ("_all", "") else p for p in (model_ids or "_all").split(",")]
         models = [m for m in self.catalog.list() if _matches(patterns, m.model_id)]
-        missing = [p for p in patterns if "*" not in p and p not in {m.model_id for m in models}]
+        # Elastic-format models still being uploaded (Eland): listed, not yet fully defined.
+        store = getattr(self.catalog, "store", None)
+        pending = [c for c in (Uploads(store).pending() if store is not None else [])
+                   if _matches(patterns, c["model_id"])]
+        missing = [p for p in patterns if "*" not in p and p not in {m.model_id for m in models}
+                   and p not in {c["model_id"] for c in pending}]
         if missing:
             raise ResourceNotFound(f"Could not find trained model [{','.join(missing)}]")
         configs = []
         for m in models:
+            if m.backend == "elastic":
+                configs.append(elastic_trained_model_config(m))
+                continue
             task_config: dict[str, Any] = {"tokenization": {"max_sequence_length": m.max_seq_length}}
             if m.dimensions and m.task_type == "text_embedding":
                 task_config["embedding_size"] = m.dimensions
@@ -557,11 +689,12 @@ class InferenceService:
                 "create_time": int(m.created * 1000),
                 "model_size_bytes": m.size_bytes,
                 "description": f"{m.kind} model imported from {m.source}",
-                "inference_config": {m.task_type if m.task_type != "rerank" else "text_similarity": task_config},
+                "inference_config": {ES_TASK.get(m.task_type, m.task_type): task_config},
                 "fully_defined": True,
                 "location": {"index": {"name": ".ml-inference-native-000002"}},
                 "tags": [],
             })
+        configs.extend(pending)
         return {"count": len(configs), "trained_model_configs": configs}
 
     # -- trained models -------------------------------------------------------------------------
@@ -599,7 +732,7 @@ class InferenceService:
 
     async def _deployment_entry(self, dep: Deployment, model: ModelInfo | None) -> dict[str, Any]:
         entry = self._model_entry(model, dep.model_id)
-        status = self.runtime.status(dep.deployment_id) or DeploymentStatus(dep.deployment_id, target=0)
+        status = self._status(dep.deployment_id)
         nodes = await self.runtime.node_stats(dep.deployment_id)
         entry["deployment_stats"] = deployment_stats(dep, status, nodes)
         entry["inference_stats"]["inference_count"] = entry["deployment_stats"]["inference_count"]
@@ -657,6 +790,24 @@ def _deployment_settings(
         messages = [m.replace("[num_threads]", "[threads_per_allocation]").replace(
             "[num_allocations]", "[number_of_allocations]") for m in spec_errors(exc)]
         raise ValidationFailed(messages) from None
+
+
+_JAVA_TYPES = {str: "String", int: "Integer", dict: "Map", bool: "Boolean"}
+
+
+def _check_types(**values: tuple[Any, type]) -> None:
+    """Parameters taken from a JSON body: each absent (None) or of its type, as Elasticsearch's parsers insist
+    (1.5 is no integer, true is no number, 5 is no id)."""
+    errors = []
+    for name, (value, kind) in values.items():
+        if value is None:
+            continue
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if wrong:
+            errors.append(f"field [{name}] is not of the expected type. The value [{value}] cannot be converted to "
+                          f"a [{_JAVA_TYPES[kind]}]")
+    if errors:
+        raise ValidationFailed(errors)
 
 
 def _input_type(value: Any) -> str:

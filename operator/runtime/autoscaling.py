@@ -90,7 +90,7 @@ class LocalAutoscaler:
                 continue
             started = [a for a in dep.allocations if a.state == "started"]
             samples = [s for s in await asyncio.gather(*(self._sample(a) for a in started)) if s is not None]
-            bounds = spec.bounds(self.runtime.adaptive_cap(spec))
+            bounds = self.runtime.bounds(spec)  # the max capped to what the machine has left
             decision = decide(self.states.get(spec.deployment_id), samples, now=time.monotonic(),
                               current=dep.target, bounds=bounds, settings=self.settings, held=dep.held)
             self.states[spec.deployment_id] = decision.state

@@ -22,6 +22,11 @@ from typing import Any
 log = logging.getLogger("infernetes.runtime")
 
 
+def private_file(path: str, flags: int) -> int:
+    """``open(..., opener=private_file)``: a log the server creates is readable by its user only (0600)."""
+    return os.open(path, flags, 0o600)
+
+
 class WorkerHandle:
     """A running worker process, whoever started it."""
 
@@ -56,13 +61,13 @@ class SpawnLauncher:
         self.python = python
         self.cwd = cwd
 
-    async def launch(self, args: list[str], fd: int, log_file: Path) -> WorkerHandle:
-        with open(log_file, "ab") as out:
+    async def launch(self, args: list[str], fd: int, log_file: Path, env: dict[str, str] | None = None) -> WorkerHandle:
+        with open(log_file, "ab", opener=private_file) as out:
             # -P: never put the working directory on sys.path (a folder named operator/ would shadow the stdlib).
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-P", "-m", "infernetes.worker", *args, "--fd", str(fd),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(fd,),
-                start_new_session=True, cwd=self.cwd,
+                start_new_session=True, cwd=self.cwd, env={**os.environ, **(env or {})},
             )
         handle = WorkerHandle(proc.pid)
 
@@ -101,16 +106,21 @@ class Zygote:
 
     async def _start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.termination_log.unlink(missing_ok=True)
-        with open(self.log_file, "ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                self.python, "-P", "-m", "infernetes.worker.zygote", "--model-dir", str(self.model_dir),
-                "--control-fd", str(child.fileno()), "--termination-log", str(self.termination_log),
-                "--deployment-id", self.deployment_id,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(child.fileno(),),
-                start_new_session=True, cwd=self.cwd,
-            )
-        child.close()
+        try:
+            self.termination_log.unlink(missing_ok=True)
+            with open(self.log_file, "ab", opener=private_file) as out:
+                self.proc = await asyncio.create_subprocess_exec(
+                    self.python, "-P", "-m", "infernetes.worker.zygote", "--model-dir", str(self.model_dir),
+                    "--control-fd", str(child.fileno()), "--termination-log", str(self.termination_log),
+                    "--deployment-id", self.deployment_id,
+                    stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(child.fileno(),),
+                    start_new_session=True, cwd=self.cwd,
+                )
+        except BaseException:  # a read-only or full data dir, no file descriptors left: keep none open
+            parent.close()
+            raise
+        finally:
+            child.close()
         parent.setblocking(False)
         self.sock = parent
         self.ready = asyncio.get_running_loop().create_future()

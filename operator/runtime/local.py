@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -26,10 +27,13 @@ import httpx
 
 from ...worker.download import Progress, canonical_id
 from ...worker.modelstore import ModelInfo
+from ...worker.config import AUTH_TOKEN_ENV
 from ...worker.server import EXIT_MODEL_FAILED
 from ..autoscaler import AutoscalerSettings
+from ..capacity import Capacity
 from ..catalog import ModelCatalog
 from ..errors import ResourceNotFound, ServiceUnavailable, TooManyRequests
+from ..locks import KeyedLocks
 from ..records import Deployment
 from . import AllocationStatus, DeploymentStatus
 from .autoscaling import AutoscalerMetrics, LocalAutoscaler
@@ -56,6 +60,8 @@ class LocalSettings:
     # start a fresh interpreter per allocation.
     fork_workers: bool = field(default_factory=fork_supported)
     worker_log_level: str = "warning"
+    # Allocations x threads one deployment may run (all together: 4 times as many); None: the machine's CPUs.
+    max_allocated_processors: int | None = None
 
 
 @dataclass(eq=False)
@@ -70,10 +76,12 @@ class Allocation:
     started_at: float | None = None
     failure: str | None = None
     stopping: bool = False
+    port: int = 0
 
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[1]
+    def __post_init__(self) -> None:
+        # Read once: the socket is closed when the allocation stops, and status() must still work then
+        # (getsockname() on it raised "bad file descriptor" into runtime.wait).
+        self.port = self.sock.getsockname()[1]
 
     @property
     def url(self) -> str:
@@ -135,12 +143,19 @@ class LocalRuntime:
         self.catalog = catalog
         self.deployments: dict[str, LocalDeployment] = {}
         self.downloads: dict[str, tuple[asyncio.Task[None], Progress]] = {}
-        self.router = Router()
-        self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        # A credential per run: workers answer only callers that hold it (the router and the probes here).
+        self.credential = secrets.token_urlsafe(32)
+        self.router = Router(credential=self.credential)
+        self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False,
+                                        headers={"Authorization": f"Bearer {self.credential}"})
         self.logs = settings.data_dir / "logs"
         self.run_dir = settings.data_dir / "run"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.capacity = Capacity.of_machine(settings.max_allocated_processors)
+        # apply / scale / remove of one deployment run one at a time: a PUT that follows a DELETE of the same
+        # id waits until the old allocations are gone, instead of reviving a deployment being torn down.
+        self._locks = KeyedLocks()
         self.spawner = SpawnLauncher(settings.python, settings.data_dir)
         # Created in start(), inside the event loop that serves (asyncio queues bind to one loop).
         self.scale_requests: asyncio.Queue[str] | None = None
@@ -150,9 +165,16 @@ class LocalRuntime:
     # -- the Runtime surface ------------------------------------------------------------------
 
     async def apply(self, deployment: Deployment, allocations: int | None = None) -> None:
+        async with self._locks.hold(deployment.deployment_id):
+            await self._apply(deployment, allocations)
+
+    async def _apply(self, deployment: Deployment, allocations: int | None) -> None:
         existing = self.deployments.get(deployment.deployment_id)
         target = allocations if allocations is not None else deployment.initial_allocations(
             self.adaptive_cap(deployment))
+        if deployment.adaptive_enabled:
+            lo, hi = self.bounds(deployment)
+            target = min(max(target, lo), hi)
         if existing is None:
             model = self.catalog.get(deployment.model_id)
             existing = LocalDeployment(spec=deployment, model=model, target=target)
@@ -164,27 +186,40 @@ class LocalRuntime:
             if allocations is not None or not deployment.adaptive_enabled:
                 existing.target = target
             else:  # new adaptive bounds: keep the autoscaler's count, within them
-                lo, hi = deployment.bounds(self.adaptive_cap(deployment))
+                lo, hi = self.bounds(deployment)
                 existing.target = min(max(existing.target, lo), hi)
         await self._reconcile(existing)
 
     async def scale(self, deployment_id: str, allocations: int) -> None:
-        dep = self._get(deployment_id)
+        async with self._locks.hold(deployment_id):
+            dep = self.deployments.get(deployment_id)
+            if dep is None or dep.stopping:
+                return  # removed while the autoscaler decided
+            if dep.spec.adaptive_enabled:
+                lo, hi = self.bounds(dep.spec)
+                allocations = min(max(allocations, lo), hi)
+            await self._scale(dep, allocations)
+
+    async def _scale(self, dep: LocalDeployment, allocations: int) -> None:
+        deployment_id = dep.spec.deployment_id
         if dep.target != allocations:
             log.info("deployment %s: %d -> %d allocations", deployment_id, dep.target, allocations)
             dep.target = allocations
             await self._reconcile(dep)
 
     async def remove(self, deployment_id: str) -> None:
-        dep = self.deployments.get(deployment_id)
-        if dep is None:
-            return
-        dep.stopping = True
-        await dep.notify()
-        await asyncio.gather(*(self._stop(a) for a in dep.allocations + dep.retiring))
-        if dep.zygote is not None:
-            await dep.zygote.close()
-        self.deployments.pop(deployment_id, None)
+        async with self._locks.hold(deployment_id):
+            dep = self.deployments.get(deployment_id)
+            if dep is None:
+                return
+            dep.stopping = True
+            await dep.notify()
+            try:
+                await asyncio.gather(*(self._stop(a) for a in dep.allocations + dep.retiring))
+                if dep.zygote is not None:
+                    await dep.zygote.close()
+            finally:
+                self.deployments.pop(deployment_id, None)
 
     def status(self, deployment_id: str) -> DeploymentStatus | None:
         dep = self.deployments.get(deployment_id)
@@ -251,7 +286,14 @@ class LocalRuntime:
 
     def adaptive_cap(self, deployment: Deployment) -> int:
         """The safe cap for an unset max: as many allocations as the cores can run at full threads."""
-        return max(1, self.cap // max(1, deployment.num_threads))
+        return max(1, min(self.cap, self.capacity.processors) // max(1, deployment.num_threads))
+
+    def bounds(self, deployment: Deployment) -> tuple[int, int]:
+        """An adaptive deployment's [min, max], the max capped to what the machine has left for it now
+        (the min was admitted, so it stays)."""
+        lo, hi = deployment.bounds(self.adaptive_cap(deployment))
+        others = [d.spec for d in self.deployments.values() if d.spec.deployment_id != deployment.deployment_id]
+        return lo, max(lo, min(hi, self.capacity.max_allocations(deployment, others)))
 
     async def start(self) -> None:
         self.scale_requests = asyncio.Queue()
@@ -289,6 +331,9 @@ class LocalRuntime:
         finally:
             dep.held -= 1
         urls = dep.ready_urls()
+        if not urls and dep.failure:
+            raise ServiceUnavailable(f"deployment [{dep.spec.deployment_id}] has no ready allocation: {dep.failure}",
+                                     retry_after=5)
         if not urls:
             raise TooManyRequests(
                 f"deployment [{dep.spec.deployment_id}] has no ready allocation yet "
@@ -337,7 +382,12 @@ class LocalRuntime:
             return
         while len(dep.allocations) < dep.target:
             index = self._free_index(dep)
-            sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+            try:
+                sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+            except OSError as exc:  # out of file descriptors: show it, and the allocations already running serve
+                dep.failure = f"could not open a socket for a new allocation: {exc.strerror or exc}"
+                log.error("deployment %s: %s", dep.spec.deployment_id, dep.failure)
+                break
             alloc = Allocation(index=index, deployment=dep, sock=sock)
             dep.allocations.append(alloc)
             alloc.task = asyncio.create_task(self._supervise(alloc), name=f"allocation-{alloc.name}")
@@ -402,27 +452,59 @@ class LocalRuntime:
         settings = self._worker_settings(alloc)
         if not self.settings.fork_workers:
             args = [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-            return await self.spawner.launch(args, alloc.sock.fileno(), self.logs / f"{alloc.name}.log")
+            # The credential goes in the environment: a command line is visible to every local user.
+            return await self.spawner.launch(args, alloc.sock.fileno(), self.logs / f"{alloc.name}.log",
+                                             env={AUTH_TOKEN_ENV: self.credential})
         if dep.zygote is None:
             assert dep.model is not None
             name = dep.spec.deployment_id
             dep.zygote = Zygote(self.settings.python, self.settings.data_dir, dep.model.path,
                                 self.logs / f"{name}-zygote.log", self.run_dir / f"{name}-zygote.termination", name)
         settings.pop("parent_pid")  # a forked worker watches the zygote, its parent
+        settings["auth_token"] = self.credential  # over the zygote's private socket, never a command line
         return await dep.zygote.launch(settings, alloc.sock.fileno())
 
     async def _supervise(self, alloc: Allocation) -> None:
+        try:
+            await self._supervise_loop(alloc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never silently: the allocation shows failed, with the reason
+            alloc.state = "failed"
+            alloc.failure = alloc.deployment.failure = f"the supervisor of allocation [{alloc.name}] failed: {exc!r}"
+            log.exception("allocation %s: supervisor failed", alloc.name)
+            await alloc.deployment.notify()
+
+    async def _launch_failed(self, alloc: Allocation, exc: OSError, backoff: float) -> None:
+        """The worker could not even be started: the data directory is read-only or full, or the process is out
+        of file descriptors. Shown as failed with the reason (requests get 503, not 429s forever), and retried
+        with back-off, so the deployment recovers on its own once the disk is fixed."""
+        alloc.state = "failed"
+        alloc.failure = (f"could not start a worker process: {exc.strerror or exc}"
+                         + (f" [{exc.filename}]" if getattr(exc, "filename", None) else "")
+                         + f"; check the data directory [{self.settings.data_dir}] is writable, has space and "
+                         f"the server has free file descriptors; retrying in {backoff:g}s")
+        alloc.deployment.failure = alloc.failure
+        log.error("allocation %s: %s", alloc.name, alloc.failure)
+        await alloc.deployment.notify()
+
+    async def _supervise_loop(self, alloc: Allocation) -> None:
         dep = alloc.deployment
         backoff = 0.5
         termination = self.run_dir / f"{alloc.name}.termination"
         while not alloc.stopping:
-            termination.unlink(missing_ok=True)
             alloc.state = "starting"
             await dep.notify()
             try:
+                termination.unlink(missing_ok=True)
                 handle = alloc.handle = await self._launch(alloc)
             except ZygoteFailed as exc:
                 code, reason = exc.code, exc.reason
+            except OSError as exc:
+                await self._launch_failed(alloc, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.max_backoff)
+                continue
             else:
                 ready = await self._wait_ready(alloc, handle)
                 if ready:
@@ -437,7 +519,10 @@ class LocalRuntime:
                         backoff = 0.5
                 else:
                     code = await handle.wait()
-                reason = termination.read_text().strip() if termination.exists() else ""
+                try:
+                    reason = termination.read_text().strip() if termination.exists() else ""
+                except OSError:
+                    reason = ""
             if alloc.stopping:
                 break
             if code == EXIT_MODEL_FAILED:

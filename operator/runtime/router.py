@@ -16,8 +16,9 @@ import itertools
 from collections.abc import Callable
 
 import aiohttp
+import orjson
 
-from ..errors import RequestTimeout, ServiceUnavailable
+from ..errors import RequestTimeout, ServiceUnavailable, error_body
 
 RETRIABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -25,8 +26,14 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 PASSED_HEADERS = ("Retry-After", "X-Infernetes-Prompt-Tokens")
 
 
+# The request's timeout, in seconds: the worker drops the request wherever it is once it passes.
+TIMEOUT_HEADER = "X-Infernetes-Timeout"
+
+
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, credential: str | None = None) -> None:
+        # Workers accept only calls that carry this run's credential (WorkerSettings.auth_token).
+        self.headers = {**JSON_HEADERS, **({"Authorization": f"Bearer {credential}"} if credential else {})}
         self._session: aiohttp.ClientSession | None = None
         self.inflight: collections.Counter[str] = collections.Counter()
         self._turn = itertools.count()
@@ -59,6 +66,8 @@ class Router:
         what: str = "deployment",
         path: str = "/infer",
     ) -> tuple[int, bytes, dict[str, str]]:
+        if timeout <= 0:  # aiohttp reads a zero timeout as "none"; Elasticsearch as "already passed"
+            raise RequestTimeout(f"Timed out after [{timeout:g}s] waiting for inference on {what}")
         candidates = list(urls)
         last_error: Exception | None = None
         for _attempt in range(2):
@@ -67,7 +76,8 @@ class Router:
             url = self.pick(candidates)
             self.inflight[url] += 1
             try:
-                async with self.session.post(url + path, data=payload, headers=JSON_HEADERS,
+                headers = {**self.headers, TIMEOUT_HEADER: f"{timeout:.3f}"}
+                async with self.session.post(url + path, data=payload, headers=headers,
                                              timeout=aiohttp.ClientTimeout(total=timeout,
                                                                            connect=min(5.0, timeout))) as resp:
                     content = await resp.read()
@@ -76,6 +86,17 @@ class Router:
                         # draining): another allocation can answer now.
                         candidates.remove(url)
                         continue
+                    if 400 <= resp.status < 500 and not _is_es_error(content):
+                        reason = content[:200].decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
+                        return resp.status, orjson.dumps(error_body(resp.status, "status_exception", reason)), {}
+                    if resp.status >= 500 and not _is_es_error(content):
+                        # Not the worker's own answer: its server cut the request off (the allocation was
+                        # stopped and the request outlived the drain timeout) and sent a plain-text 500.
+                        raise ServiceUnavailable(
+                            f"the allocation of {what} stopped before it answered (HTTP {resp.status}: "
+                            f"{content[:100].decode('utf-8', 'replace').strip() or 'no body'}): it was stopped or "
+                            "scaled down while the request ran longer than its drain timeout, or it failed; "
+                            "retry the request")
                     return resp.status, content, {k: v for k in PASSED_HEADERS if (v := resp.headers.get(k))}
             except asyncio.TimeoutError:
                 raise RequestTimeout(
@@ -96,3 +117,12 @@ class Router:
             + (f" (the allocation failed: {type(last_error).__name__})" if last_error else "")
             + "; retry the request"
         )
+
+
+def _is_es_error(content: bytes) -> bool:
+    """Whether an error answer is the worker's own (JSON, with an ``error``), not its HTTP server's."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and "error" in body
