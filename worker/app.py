@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import hmac
 import logging
 import threading
 import time
@@ -20,23 +24,131 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..operator.errors import error_body
 from .batcher import Batcher, QueueFull
 from .config import WorkerSettings
-from .engine import Engine, InferRequest, Job, engine_for
+from .engine import Cancelled, Engine, InferRequest, Job, TooManyRows, engine_for
 from .metrics import WorkerMetrics
 from .modelstore import MANIFEST, ModelInfo
 
 log = logging.getLogger("infernetes.worker")
 JSON = "application/json"
+# What anyone may call without the gateway's credential: liveness, readiness and Prometheus metrics.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The gateway's own timeout for the request, in seconds: past it the worker drops the request wherever it is.
+TIMEOUT_HEADER = "x-infernetes-timeout"
+# Requests whose body is at least this large give their memory back to the system when they end.
+TRIM_AFTER_BYTES = 1 << 20
 
 
-def _error(status: int, error_type: str, reason: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(error_body(status, error_type, reason)), status, headers=headers, media_type=JSON)
+def error_body(status: int, error_type: str, reason: str) -> dict[str, Any]:
+    """An Elasticsearch-shaped error (the gateway passes worker errors through as they are)."""
+    cause = {"type": error_type, "reason": reason}
+    return {"error": {"root_cause": [cause], **cause}, "status": status}
+
+
+def _error(status: int, error_type: str, reason: str, headers: dict[str, str] | None = None,
+           background: BackgroundTask | None = None) -> Response:
+    return Response(orjson.dumps(error_body(status, error_type, reason)), status, headers=headers, media_type=JSON,
+                    background=background)
+
+
+class GatewayOnly:
+    """ASGI middleware: only the gateway's credential opens the worker, and no body is larger than the cap.
+
+    A missing credential is 401, a wrong one 403 (compared in constant time). A declared body over the cap
+    is 413 before a byte of it is read; a body without a length is read here up to the cap, then replayed.
+    Liveness, readiness and metrics stay open (kubelet probes, Prometheus).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.token = ("Bearer " + token).encode() if token else None
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization")
+        length = headers.get(b"content-length")
+        refusal: Response | None = None
+        if self.token is not None and given is None:
+            refusal = _error(401, "security_exception", "missing credential: only the gateway may call a worker",
+                             {"WWW-Authenticate": "Bearer"})
+        elif self.token is not None and not hmac.compare_digest(given or b"", self.token):
+            refusal = _error(403, "security_exception", "wrong credential: only the gateway may call a worker")
+        elif length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            refusal = _too_large(self.max_body_bytes)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        if length is not None or scope["method"] in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await _too_large(self.max_body_bytes)(scope, receive, send)
+                return
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
+def _too_large(cap: int) -> Response:
+    return _error(413, "status_exception", f"request body is larger than the worker accepts ({cap} bytes)")
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+def trim_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them after large requests otherwise)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class Ticket:
+    """One request's cancellation: the client left, or its deadline passed. Filled in as the request moves on."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.reason = ""
+        self.job: Job | None = None
+
+    def cancel(self, reason: str, state: WorkerState) -> None:
+        if self.cancelled:
+            return
+        self.cancelled, self.reason = True, reason
+        state.metrics.cancelled.inc()
+        if self.job is not None and not self.job.future.done():
+            state.batcher.cancel(self.job)
 
 
 class WorkerState:
@@ -154,16 +266,44 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
             reason = state.failure or f"model [{state.info.model_id}] is {state.state}"
             return _error(503, "status_exception", reason, {"Retry-After": "1"})
         t0 = time.perf_counter()
-        try:
-            req = _parse(await request.body(), state)
-        except ValueError as exc:
-            return _error(400, "status_exception", str(exc))
+        body = await request.body()  # within max_body_bytes (GatewayOnly)
+        # Large bodies leave large freed blocks behind: give them back once the answer is sent.
+        trim = BackgroundTask(trim_memory) if len(body) >= TRIM_AFTER_BYTES else None
         loop = asyncio.get_running_loop()
-        job = state.engine.new_job(req, loop, loop.create_future())
-        if len(job.rows) > settings.queue_capacity:
-            return _error(400, "status_exception", f"the request has {len(job.rows)} inputs (chunks included); "
-                          f"at most {settings.queue_capacity} fit in the queue of an allocation")
-        watcher = asyncio.create_task(_watch_disconnect(request, job, state))
+        ticket = Ticket()
+        future = loop.create_future()
+        watcher = asyncio.create_task(_watch_disconnect(request, ticket, state))
+        timer = _deadline(request, ticket, state, loop)
+        try:
+            return await _infer(body, ticket, future, t0, trim)
+        finally:
+            watcher.cancel()
+            if timer is not None:
+                timer.cancel()
+
+    def _new_job(body: bytes, future: asyncio.Future[None], ticket: Ticket) -> Job:
+        req = _parse(body, state)
+        return state.engine.new_job(req, future.get_loop(), future, max_rows=settings.queue_capacity,
+                                    cancelled=lambda: ticket.cancelled)
+
+    def _gone(ticket: Ticket, trim: BackgroundTask | None) -> Response:
+        if ticket.reason == "timeout":
+            return _error(408, "status_exception", "the request's timeout passed before inference finished; "
+                          "it was dropped", background=trim)
+        return Response(status_code=499, background=trim)  # the client is gone: nobody reads this
+
+    async def _infer(body: bytes, ticket: Ticket, future: asyncio.Future[None], t0: float,
+                     trim: BackgroundTask | None) -> Response:
+        # Parsing and chunking are CPU work: off the event loop, and they stop early when the request is given up.
+        try:
+            job = await asyncio.to_thread(_new_job, body, future, ticket)
+        except ValueError as exc:
+            return _error(400, "status_exception", str(exc), background=trim)
+        except Cancelled:
+            return _gone(ticket, trim)
+        ticket.job = job
+        if ticket.cancelled:
+            return _gone(ticket, trim)
         try:
             await state.batcher.submit(job)
         except QueueFull:
@@ -176,16 +316,15 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
             )
         except Exception as exc:
             return _error(500, "status_exception", f"inference failed: {type(exc).__name__}: {exc}")
-        finally:
-            watcher.cancel()
         if job.cancelled:
-            return Response(status_code=499)
+            return _gone(ticket, trim)
         t1 = time.perf_counter()
         payload = state.engine.render(job)
         state.metrics.postprocess_seconds.observe(time.perf_counter() - t1)
         state.metrics.requests.inc()
         state.metrics.request_seconds.observe(time.perf_counter() - t0)
-        return Response(payload, media_type=JSON, headers={"X-Infernetes-Prompt-Tokens": str(job.tokens)})
+        return Response(payload, media_type=JSON, headers={"X-Infernetes-Prompt-Tokens": str(job.tokens)},
+                        background=trim)
 
     async def tokenizer_call(request: Request, work: Callable[[dict[str, Any]], Any]) -> Response:
         """Run one tokenizer request (``work`` reads the parsed body) on the tokeniser thread."""
@@ -266,18 +405,30 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
             Route("/info", info, methods=["GET", "POST"]),  # POST: what the gateway's router sends
             Route("/metrics", metrics),
         ],
+        middleware=[Middleware(GatewayOnly, token=settings.auth_token, max_body_bytes=settings.max_body_bytes)],
         lifespan=lifespan,
     )
     app.state.worker = state
     return app
 
 
-async def _watch_disconnect(request: Request, job: Job, state: WorkerState) -> None:
-    """Mark the job cancelled when the client disconnects, so the model never runs it."""
+async def _watch_disconnect(request: Request, ticket: Ticket, state: WorkerState) -> None:
+    """Cancel the request when the client disconnects, so the model never runs it."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            if not job.future.done():
-                state.batcher.cancel(job)
-                state.metrics.cancelled.inc()
+            ticket.cancel("disconnect", state)
             return
+
+
+def _deadline(request: Request, ticket: Ticket, state: WorkerState,
+              loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
+    """Cancel the request when the gateway's timeout for it passes (sent as X-Infernetes-Timeout, seconds)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    try:
+        seconds = float(raw) if raw is not None else None
+    except ValueError:
+        seconds = None
+    if seconds is None or not 0 < seconds < 1e7:
+        return None
+    return loop.call_later(seconds, ticket.cancel, "timeout", state)

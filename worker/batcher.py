@@ -97,9 +97,15 @@ class Batcher:
         self.metrics.in_flight.inc()
         try:
             t0 = time.perf_counter()
-            segments = await job.loop.run_in_executor(
+            prepared = job.loop.run_in_executor(
                 self._tokenizer, self.engine.prepare, job, self.token_budget, self.max_batch_size
             )
+            # A job cancelled while it is tokenised returns at once; the tokeniser notices between rows.
+            await asyncio.wait((prepared, job.future), return_when=asyncio.FIRST_COMPLETED)
+            if job.cancelled:
+                prepared.add_done_callback(_discard)
+                return
+            segments = prepared.result()
             self.metrics.tokenize_seconds.observe(time.perf_counter() - t0)
             with self._cond:
                 self._queue.extend(segments)
@@ -117,8 +123,11 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
 
     def cancel(self, job: Job) -> None:
-        """The client went away: its queued segments will be skipped."""
+        """The client went away or the deadline passed: answer now, and skip the job's work wherever it is
+        (tokeniser, queue, the next batch). Call it on the event loop."""
         job.cancelled = True
+        if job.future is not None and not job.future.done():
+            job.future.set_result(None)
 
     # -- model side (model thread) ----------------------------------------------------------------
 
@@ -208,6 +217,12 @@ class Batcher:
             self.inference_count += 1
             self.last_access = time.time()
         job.loop.call_soon_threadsafe(_resolve, job.future, error)
+
+
+def _discard(future: asyncio.Future[object]) -> None:
+    """Read the outcome of work nobody waits for any more (no 'exception never retrieved' warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

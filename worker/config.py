@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "INFERNETES_WORKER_"
+# Settings passed only through the environment (a command line is visible to every local user in `ps`).
+SECRET_FIELDS = ("auth_token",)
+AUTH_TOKEN_ENV = ENV_PREFIX + "AUTH_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class WorkerSettings:
     # Exit when this process is gone (the embedded runtime that started the worker).
     parent_pid: int | None = None
     log_level: str = "warning"
+    # The credential the gateway sends (``Authorization: Bearer ...``); when set, every call but health,
+    # readiness and metrics without it is refused. Comes from the environment, never the command line.
+    auth_token: str | None = field(default=None, repr=False)
+    # Request bodies larger than this are refused with 413 before they are read (the gateway caps at 32 MiB).
+    max_body_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> WorkerSettings:
@@ -46,8 +54,9 @@ class WorkerSettings:
             env = os.environ.get(ENV_PREFIX + f.name.upper())
             kind = _type_of(f.type)
             default = kind(env) if env is not None else (None if f.name == "model_dir" else f.default)
+            shown = "(hidden)" if f.name in SECRET_FIELDS and default else default
             parser.add_argument(flag, type=kind, default=default, required=f.name == "model_dir" and env is None,
-                                help=f"(env {ENV_PREFIX}{f.name.upper()}; default {default})")
+                                help=f"(env {ENV_PREFIX}{f.name.upper()}; default {shown})")
         args = parser.parse_args(argv)
         return cls(**vars(args))
 

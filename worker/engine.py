@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,22 @@ from .modelstore import ModelInfo
 
 # Keys of the feature dict that are per-row tensors [rows, seq]; anything else is batch-wide.
 _PAD_KEYS_ZERO = ("attention_mask", "token_type_ids")
+# Inputs longer than this many characters per token of the model's window are cut before tokenising
+# (a token is rarely longer than a word; the cut is checked to keep more than the window).
+CLIP_CHARS_PER_TOKEN = 8
+_LAST_SPACE = re.compile(r"\s\S*\Z")
+
+
+class Cancelled(Exception):
+    """The request was given up (client gone, or its deadline passed) while it was being prepared."""
+
+
+class TooManyRows(ValueError):
+    """Chunking made more rows than an allocation's queue holds."""
+
+    def __init__(self, at_least: int, capacity: int) -> None:
+        super().__init__(f"the request has at least {at_least} inputs (chunks included); "
+                         f"at most {capacity} fit in the queue of an allocation")
 
 
 @dataclass
@@ -163,11 +180,21 @@ class Engine:
     def rows(self, request: InferRequest) -> list[Any]:
         return list(request.inputs)
 
-    def new_job(self, request: InferRequest, loop: Any, future: Any) -> Job:
-        """A job whose rows are the request's inputs, or their chunks for chunked inference."""
+    def new_job(self, request: InferRequest, loop: Any, future: Any, max_rows: int | None = None,
+                cancelled: Any = None) -> Job:
+        """A job whose rows are the request's inputs, or their chunks for chunked inference.
+
+        Chunking is CPU work: callers run this off the event loop. It stops early with :class:`TooManyRows`
+        once the chunks pass ``max_rows``, and with :class:`Cancelled` once ``cancelled()`` is true."""
         if request.chunking is None:
             return Job(request=request, rows=self.rows(request), loop=loop, future=future)
-        pieces = [(i, c) for i, text in enumerate(request.inputs) for c in chunk(text, request.chunking)]
+        pieces: list[tuple[int, Chunk]] = []
+        for i, text in enumerate(request.inputs):
+            if cancelled is not None and cancelled():
+                raise Cancelled()
+            pieces += [(i, c) for c in chunk(text, request.chunking)]
+            if max_rows is not None and len(pieces) > max_rows:
+                raise TooManyRows(len(pieces), max_rows)
         texts = [request.inputs[i][c.start : c.end] for i, c in pieces]
         chunked = InferRequest(**{**request.__dict__, "inputs": texts})
         job = Job(request=chunked, rows=self.rows(chunked), loop=loop, future=future, chunks=pieces)
@@ -193,10 +220,26 @@ class Engine:
         return self.info.prompt_for(request.input_type)
 
     def prepare(self, job: Job, max_tokens: int, max_rows: int) -> list[Segment]:
-        """Tokenise a job's rows at once, then cut them, longest first, into segments within budget."""
+        """Tokenise a job's rows at once, then cut them, longest first, into segments within budget.
+
+        Very long inputs are cut first (:meth:`clip`), so a 6 MB input costs what a few kB do; a job
+        cancelled meanwhile stops here with :class:`Cancelled`."""
         prompt = self.prompt(job.request)
         task = self.routed_task(job.request)
-        features = self.tokenize(job.rows, prompt, task)
+        rows: list[Any] = []
+        clipped: list[bool] = []
+        for row in job.rows:
+            if job.cancelled:
+                raise Cancelled()
+            if isinstance(row, str):
+                short = self.clip(row, prompt)
+            else:  # a (query, document) pair: each side on its own
+                short = tuple(self.clip(part, None) for part in row)
+            rows.append(short)
+            clipped.append(short is not row and short != row)
+        if job.cancelled:
+            raise Cancelled()
+        features = self.tokenize(rows, prompt, task)
         mask = features["attention_mask"]
         lengths = mask.sum(1).tolist()
         job.tokens = int(sum(lengths))
@@ -204,7 +247,7 @@ class Engine:
             full = self.max_seq_length
             for i, n in enumerate(lengths):
                 if n >= full:
-                    job.truncated[i] = self._exceeds(job.rows[i], prompt)
+                    job.truncated[i] = clipped[i] or self._exceeds(rows[i], prompt)
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         key = (prompt if self.group_by_prompt else None, task)
         segments: list[Segment] = []
@@ -219,6 +262,30 @@ class Engine:
         return segments
 
     flags_truncation = False
+
+    def clip(self, text: str, prompt: str | None) -> str:
+        """A prefix of a very long ``text`` that still holds more tokens than the model reads, else ``text``.
+
+        The cut falls on white space, where every tokenizer here splits words, so the tokens the model
+        keeps are exactly those of the whole text; tokenising megabytes only to keep 512 tokens would cost
+        seconds and leave the worker's memory inflated (issue 13, D4/D5)."""
+        limit = self.max_seq_length * CLIP_CHARS_PER_TOKEN
+        while len(text) > limit:
+            head = text[:limit]
+            space = _LAST_SPACE.search(head)
+            if space is not None and space.start() > limit // 2:
+                head = head[: space.start()]
+            if self._count_tokens((prompt or "") + head) > self.max_seq_length + 1:
+                return head
+            limit *= 4
+        return text
+
+    def _count_tokens(self, text: str) -> int:
+        tok = self.tokenizer
+        if callable(tok):  # a transformers tokenizer
+            return len(tok(text, add_special_tokens=False, truncation=False)["input_ids"])
+        # A bare `tokenizers` one (Elastic's format); where it truncates, the count stays short and nothing is cut.
+        return len(tok.encode(text, add_special_tokens=False).ids)
 
     def tokenize(self, rows: list[Any], prompt: str | None, task: str | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"prompt": prompt} if prompt else {}
@@ -476,6 +543,10 @@ ENGINES: dict[str, type[Engine]] = {
 
 
 def engine_for(info: ModelInfo, num_threads: int) -> Engine:
+    if info.backend == "elastic":  # Elastic's TorchScript format (Eland uploads, Elastic's repository)
+        from .elastic_engine import ENGINES as ELASTIC_ENGINES
+
+        return ELASTIC_ENGINES[info.task_type](info, num_threads)
     if info.backend == "onnx":
         return OnnxTextEmbeddingEngine(info, num_threads)
     try:
