@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from ..service import InferenceService
 from ..version import __version__
-from . import cohere, errors, inference, ml, openai, operations, tei
+from . import cohere, errors, inference, ml, openai, operations, tei, trained_models
 from .common import GatewaySettings
 from .middleware import ApiKeyAuth, ElasticsearchHeaders, GatewayMetrics, RequestMetrics
 
@@ -72,6 +72,7 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     app.include_router(operations.router(settings, metrics, extra_registries))
     app.include_router(inference.router(service, settings))
     app.include_router(ml.router(service, settings))
+    app.include_router(trained_models.router(service, settings))
     app.include_router(openai.router(service, settings))
     app.include_router(cohere.router(service, settings))
     app.include_router(tei.router(service, settings))

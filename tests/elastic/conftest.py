@@ -1,0 +1,94 @@
+"""Fixtures for the Eland tests: one virtualenv holding the real Eland CLI, and model folders it can read.
+
+Eland needs ``transformers<5`` (the project runs 5.x), so it lives in a venv of its own, built once
+and cached under ``.eland-venv/<key>/`` in the repository (gitignored), the key naming the
+versions; later runs reuse it. CPU torch is installed first, and Eland without its ``[pytorch]``
+extra, which pins a multi-GB CUDA torch (see shared/MODELS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TORCH = "torch==2.13.0"
+ELAND = ["eland==9.2.0", "transformers[sentencepiece]<5", "sentence-transformers>=5,<6", "tqdm", "requests"]
+KEY = hashlib.sha256(json.dumps([sys.version_info[:2], TORCH, ELAND]).encode()).hexdigest()[:12]
+VENV = REPO / ".eland-venv" / KEY
+BUILD_TIMEOUT = 1800
+
+
+def _report(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def eland_venv(request: pytest.FixtureRequest) -> Path:
+    """The venv with ``eland_import_hub_model``; built on first use (a few minutes), reused afterwards."""
+    done = VENV / ".complete"
+    VENV.parent.mkdir(exist_ok=True)
+    with open(VENV.parent / f"{KEY}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes never build it at once
+        if not done.is_file():
+            shutil.rmtree(VENV, ignore_errors=True)
+            t0 = time.monotonic()
+            _report(request.config, f"\nbuilding the Eland venv {VENV} (once; later runs reuse it)")
+            pip = [str(VENV / "bin" / "python"), "-I", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+            for cmd in ([sys.executable, "-I", "-m", "venv", str(VENV)], [*pip, TORCH], [*pip, *ELAND]):
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT, cwd="/")
+                if proc.returncode != 0:
+                    shutil.rmtree(VENV, ignore_errors=True)
+                    pytest.fail(f"building the Eland venv failed at {cmd[-1]}: {proc.stderr[-3000:]}")
+            done.write_text(f"built in {time.monotonic() - t0:.0f} s\n")
+            _report(request.config, f"Eland venv built in {time.monotonic() - t0:.0f} s")
+    return VENV
+
+
+def with_vocab_txt(source: Path, target: Path) -> Path:
+    """A copy of a BERT folder with ``vocab.txt``: Eland loads the slow tokenizer, which needs it, and the
+    SPLADE and reranker folders ship only ``tokenizer.json``."""
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.is_file() and not f.name.endswith(".pt"):
+            shutil.copy(f, target / f.name)
+    if not (target / "vocab.txt").exists():
+        vocab = json.loads((source / "tokenizer.json").read_text())["model"]["vocab"]
+        (target / "vocab.txt").write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    return target
+
+
+@pytest.fixture(scope="session")
+def splade_bert_dir(tmp_path_factory: pytest.TempPathFactory, splade_dir: Path) -> Path:
+    return with_vocab_txt(splade_dir, tmp_path_factory.mktemp("eland-src") / "splade")
+
+
+@pytest.fixture(scope="session")
+def reranker_bert_dir(tmp_path_factory: pytest.TempPathFactory, reranker_dir: Path) -> Path:
+    return with_vocab_txt(reranker_dir, tmp_path_factory.mktemp("eland-src") / "reranker")
+
+
+@pytest.fixture
+def timed(request: pytest.FixtureRequest) -> Callable[[str], contextlib.AbstractContextManager[None]]:
+    """``with timed("what"):`` reports how long the block took on the terminal (build and upload times)."""
+
+    @contextlib.contextmanager
+    def timer(what: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        yield
+        _report(request.config, f"{what}: {time.monotonic() - t0:.1f} s")
+
+    return timer
+

@@ -1,0 +1,223 @@
+"""Tokenizers for Elastic's TorchScript models, built from the uploaded vocabulary.
+
+Elasticsearch never stores a Hugging Face tokenizer: Eland uploads the vocabulary (and, for BPE
+and Unigram models, the merges or scores) and the model's ``tokenization`` config names the
+tokenizer kind. Each kind is rebuilt here with the ``tokenizers`` library so that its ids equal
+the ones Eland traced the model with: ``bert`` and ``mpnet`` (WordPiece), ``roberta`` (byte-level
+BPE), ``xlm_roberta`` and ``deberta_v2`` (SentencePiece Unigram).
+
+What each model takes as input differs too (Elasticsearch's request builders and Eland's
+``_compatible_inputs``): BERT-style traces take ids, attention mask, token type ids and position
+ids; MPNet, RoBERTa and XLM-RoBERTa take ids and mask; DeBERTa-v2 takes ids, mask and token types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Elasticsearch's tokenization kinds and the defaults of their settings (Tokenization.java and subclasses).
+KINDS = ("bert", "mpnet", "roberta", "xlm_roberta", "deberta_v2")
+TRUNCATE = ("first", "second", "none", "balanced")
+COMMON_DEFAULTS: dict[str, Any] = {"with_special_tokens": True, "max_sequence_length": 512, "truncate": "first",
+                                   "span": -1}
+KIND_SETTINGS: dict[str, dict[str, Any]] = {
+    "bert": {"do_lower_case": False},
+    "mpnet": {"do_lower_case": False},
+    "roberta": {"add_prefix_space": False},
+    "xlm_roberta": {},
+    "deberta_v2": {"do_lower_case": False},
+}
+# The tensors each kind's trace takes, in order.
+MODEL_INPUTS: dict[str, tuple[str, ...]] = {
+    "bert": ("input_ids", "attention_mask", "token_type_ids", "position_ids"),
+    "mpnet": ("input_ids", "attention_mask"),
+    "roberta": ("input_ids", "attention_mask"),
+    "xlm_roberta": ("input_ids", "attention_mask"),
+    "deberta_v2": ("input_ids", "attention_mask", "token_type_ids"),
+}
+_SPECIAL = {
+    # kind: (cls/bos, sep/eos, pad, unk, second-sequence separator is doubled, pair token type)
+    "bert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]", False, 1),
+    "mpnet": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
+    "roberta": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
+    "xlm_roberta": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
+    "deberta_v2": ("[CLS]", "[SEP]", "[PAD]", "[UNK]", False, 1),
+}
+
+
+class TokenizationError(ValueError):
+    """A tokenization config or vocabulary that cannot be used, or an input it refuses."""
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    kind: str
+    settings: dict[str, Any]
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.settings["max_sequence_length"])
+
+    @property
+    def truncate(self) -> str:
+        return str(self.settings["truncate"])
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return MODEL_INPUTS[self.kind]
+
+
+def parse_tokenization(raw: Any) -> Tokenization:
+    """``{"bert": {...}}`` -> the kind and its settings with Elasticsearch's defaults filled in."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise TokenizationError(f"[tokenization] must name exactly one tokenizer, one of [{', '.join(KINDS)}]")
+    kind, settings = next(iter(raw.items()))
+    if kind not in KINDS:
+        raise TokenizationError(f"unsupported tokenization [{kind}]; supported: [{', '.join(KINDS)}]")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise TokenizationError(f"[tokenization.{kind}] must be an object")
+    allowed = {**COMMON_DEFAULTS, **KIND_SETTINGS[kind]}
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise TokenizationError(f"[tokenization.{kind}] unknown field [{unknown[0]}]")
+    merged = {**allowed, **{k: v for k, v in settings.items() if v is not None}}
+    msl = merged["max_sequence_length"]
+    if isinstance(msl, bool) or not isinstance(msl, int) or msl < 1:
+        raise TokenizationError(f"[max_sequence_length] must be a positive integer, got [{msl}]")
+    if merged["truncate"] not in TRUNCATE:
+        raise TokenizationError(f"[truncate] must be one of [{', '.join(TRUNCATE)}], got [{merged['truncate']}]")
+    span = merged["span"]
+    if isinstance(span, bool) or not isinstance(span, int) or span < -1:
+        raise TokenizationError(f"[span] must be -1 or a non-negative integer, got [{span}]")
+    if span != -1 and merged["truncate"] != "none":
+        raise TokenizationError(f"[span] [{span}] can only be set when [truncate] is [none]")
+    for flag in ("with_special_tokens", "do_lower_case", "add_prefix_space"):
+        if flag in merged and not isinstance(merged[flag], bool):
+            raise TokenizationError(f"[{flag}] must be a boolean, got [{merged[flag]}]")
+    return Tokenization(kind, merged)
+
+
+def check_vocabulary(kind: str, vocab: dict[str, Any]) -> None:
+    """The vocabulary upload has what the kind needs (Elasticsearch checks the same at deployment start)."""
+    words = vocab.get("vocabulary")
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise TokenizationError("[vocabulary] must be a non-empty array of strings")
+    if kind == "roberta" and not vocab.get("merges"):
+        raise TokenizationError("[merges] are required for the [roberta] tokenizer")
+    if kind in ("xlm_roberta", "deberta_v2"):
+        scores = vocab.get("scores")
+        if not isinstance(scores, list) or len(scores) != len(words):
+            raise TokenizationError(f"[scores] with one score per vocabulary entry are required for the [{kind}] "
+                                    "tokenizer")
+    cls, sep, pad, unk, *_ = _SPECIAL[kind]
+    missing = [t for t in (cls, sep, pad, unk) if t not in set(words)]
+    if missing:
+        raise TokenizationError(f"the vocabulary lacks the [{kind}] special tokens [{', '.join(missing)}]")
+
+
+def build_tokenizer(tokenization: Tokenization, vocab: dict[str, Any]) -> Any:
+    """A ``tokenizers.Tokenizer`` that splits text and adds special tokens as the model was traced with."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    kind, s = tokenization.kind, tokenization.settings
+    check_vocabulary(kind, vocab)
+    words: list[str] = vocab["vocabulary"]
+    ids = {w: i for i, w in enumerate(words)}
+    cls, sep, pad, unk, doubled, pair_type = _SPECIAL[kind]
+    if kind in ("bert", "mpnet"):
+        tok = Tokenizer(models.WordPiece(ids, unk_token=unk, max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                                    lowercase=bool(s["do_lower_case"]))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+    elif kind == "roberta":
+        merges = [tuple(m.split(" ", 1)) for m in vocab["merges"]]
+        tok = Tokenizer(models.BPE(ids, merges, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(s["add_prefix_space"]))
+        tok.decoder = decoders.ByteLevel()
+    else:  # SentencePiece Unigram: xlm_roberta, deberta_v2
+        scored = [(w, float(sc)) for w, sc in zip(words, vocab["scores"])]
+        tok = Tokenizer(models.Unigram(scored, unk_id=ids[unk], byte_fallback=False))
+        steps = [normalizers.NFKC(), normalizers.Replace(" {2,}", " ")]
+        if kind == "deberta_v2" and s.get("do_lower_case"):
+            steps.append(normalizers.Lowercase())
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    if s["with_special_tokens"]:
+        special = [(cls, ids[cls]), (sep, ids[sep])]
+        if doubled:
+            pair = f"{cls} $A:0 {sep} {sep} $B:{pair_type} {sep}:{pair_type}"
+        else:
+            pair = f"{cls} $A:0 {sep}:0 $B:{pair_type} {sep}:{pair_type}"
+        if kind == "roberta":
+            tok.post_processor = processors.Sequence([
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=pair, special_tokens=special),
+            ])
+        else:
+            tok.post_processor = processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=pair,
+                                                               special_tokens=special)
+    elif kind == "roberta":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+class ElasticTokenizer:
+    """Batches of texts (or text pairs) to the padded tensors the kind's trace takes."""
+
+    def __init__(self, tokenization: Tokenization, vocab: dict[str, Any]) -> None:
+        self.tokenization = tokenization
+        self.tokenizer = build_tokenizer(tokenization, vocab)
+        words = vocab["vocabulary"]
+        self.pad_id = words.index(_SPECIAL[tokenization.kind][2])
+        self.vocabulary: list[str] = list(words)
+
+    def encode(self, rows: list[Any]) -> tuple[dict[str, Any], list[bool]]:
+        """Tensors for the rows and, per row, whether it was truncated. ``truncate: none`` refuses long rows."""
+        import torch
+
+        limit = self.tokenization.max_sequence_length
+        encodings = self.tokenizer.encode_batch(rows)
+        truncated = [len(e.ids) > limit for e in encodings]
+        if any(truncated):
+            mode = self.tokenization.truncate
+            if mode == "none":
+                longest = max(len(e.ids) for e in encodings)
+                raise TokenizationError(f"Input too large. The tokenized input length [{longest}] exceeds the "
+                                        f"maximum sequence length [{limit}]")
+            encodings = [self._truncated(r, mode) if t else e for r, e, t in zip(rows, encodings, truncated)]
+        width = max(1, max(len(e.ids) for e in encodings))
+        n = len(encodings)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        types = torch.zeros((n, width), dtype=torch.long)
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            input_ids[i, :k] = torch.tensor(e.ids, dtype=torch.long)
+            mask[i, :k] = 1
+            types[i, :k] = torch.tensor(e.type_ids, dtype=torch.long)
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        names = self.tokenization.inputs
+        if "token_type_ids" in names:
+            features["token_type_ids"] = types
+        if "position_ids" in names:
+            features["position_ids"] = torch.arange(width, dtype=torch.long).expand(n, width).contiguous()
+        return features, truncated
+
+
+    def _truncated(self, row: Any, mode: str) -> Any:
+        pair = isinstance(row, (tuple, list))
+        self.tokenizer.enable_truncation(self.tokenization.max_sequence_length,
+                                         strategy=_STRATEGY[mode] if pair else "longest_first")
+        try:
+            return self.tokenizer.encode(*row) if pair else self.tokenizer.encode(row)
+        finally:
+            self.tokenizer.no_truncation()
+
+
+# Elasticsearch's truncate modes in the tokenizers library's terms ("first": cut the first sequence).
+_STRATEGY = {"first": "only_first", "second": "only_second", "balanced": "longest_first"}
