@@ -39,7 +39,7 @@ MODEL_INPUTS: dict[str, tuple[str, ...]] = {
 _SPECIAL = {
     # kind: (cls/bos, sep/eos, pad, unk, second-sequence separator is doubled, pair token type)
     "bert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]", False, 1),
-    "mpnet": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
+    "mpnet": ("<s>", "</s>", "<pad>", "[UNK]", True, 0),  # MPNet's vocabulary keeps BERT's [UNK]
     "roberta": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
     "xlm_roberta": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
     "deberta_v2": ("[CLS]", "[SEP]", "[PAD]", "[UNK]", False, 1),
