@@ -416,6 +416,10 @@ class InferenceService:
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise BadRequest(f"[{task}] inference request contains unknown fields [{', '.join(unknown)}]")
+        if "input" not in body:
+            example = ('"query": "...", "input": ["a document", "another"]' if task == "rerank"
+                       else '"input": "some text" (or an array of texts)')
+            raise ValidationFailed([f"[{task}] inference request is missing [input]: add {example} to the body"])
         inputs = body.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -855,11 +859,8 @@ def deployment_stats(dep: Deployment, status: DeploymentStatus, nodes: list[dict
         "number_of_allocations": status.target,
         "queue_capacity": dep.queue_capacity,
         "state": status.state,
-        "allocation_status": {
-            "allocation_count": status.ready,
-            "target_allocation_count": status.target,
-            "state": status.allocation_state,
-        },
+        "allocation_status": {"allocation_count": status.ready, "target_allocation_count": status.target,
+                              "state": status.allocation_state},
         "cache_size": "0b",
         "priority": dep.priority,
         "start_time": int((status.started_at or dep.created) * 1000),
@@ -867,6 +868,10 @@ def deployment_stats(dep: Deployment, status: DeploymentStatus, nodes: list[dict
         "peak_throughput_per_minute": 0,
         "nodes": node_entries,
     }
+    if status.state not in ("starting", "started"):
+        # As Elasticsearch: allocation_status only while the deployment is starting or started, never next to
+        # "failed" or "stopping" (its states are starting | started | fully_allocated).
+        del out["allocation_status"]
     if dep.adaptive:
         out["adaptive_allocations"] = dep.adaptive
     if status.failure:

@@ -507,7 +507,7 @@ def parse_body(body: Any) -> EndpointBody:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     if "service" not in body:
-        raise BadRequest("Model configuration is missing a service")
+        raise BadRequest(f'Model configuration is missing a service: add "service": "{SERVICE}" to the body')
     if body.get("service") != SERVICE:
         raise BadRequest(
             f"Unknown service [{body.get('service')}]; Infernetes implements the [{SERVICE}] service only"

@@ -162,7 +162,7 @@ def test_unknown_endpoint_and_route(client):
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ({}, "[input] must be a string or an array of strings"),
+        ({}, "is missing [input]: add \"input\""),
         ({"input": []}, "[input] must not be empty"),
         ({"input": [1, 2]}, "[input] must be a string or an array of strings"),
         ({"input": "x", "input_type": "SIDEWAYS"}, "[input_type] has an invalid value [SIDEWAYS]"),
