@@ -6,17 +6,25 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv serve test bench clean generate kind-e2e resilience
+.PHONY: venv serve test bench clean generate kind-e2e resilience image
 
 venv: $(VENV)/.installed
 
+# Set-up shows where it is: a line per step with the time since the start, and pip's own output
+# (each package it collects and downloads). .venv takes about 2.5 GB once installed.
 $(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -I -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt torch
-	$(PIP) install -q -c constraints.txt -e '.[test]'
-	# The 8.x Elasticsearch client needs elastic-transport 8: it lives apart, for the client compatibility test.
-	$(PIP) install -q --target $(VENV)/es8 'elasticsearch8==8.19.*' >/dev/null 2>&1
-	touch $@
+	@set -e; start=$$(date +%s); \
+	step() { echo "==> [$$(( $$(date +%s) - start )) s] $$*"; }; \
+	step "1/4 creating $(VENV) with $(PYTHON)"; \
+	test -x $(VENV)/bin/python || $(PYTHON) -I -m venv $(VENV); \
+	step "2/4 installing CPU torch (constraints.txt pins the CPU build; the largest download)"; \
+	$(PIP) install --progress-bar on -c constraints.txt torch; \
+	step "3/4 installing infernetes and its test dependencies (about 150 packages)"; \
+	$(PIP) install --progress-bar on -c constraints.txt -e '.[test]'; \
+	step "4/4 installing the 8.x Elasticsearch client apart, for the client compatibility test"; \
+	$(PIP) install -q --target $(VENV)/es8 'elasticsearch8==8.19.*' >/dev/null 2>&1; \
+	touch $@; \
+	step "set-up done"
 
 # The main job: the embedded server on http://127.0.0.1:9200 with the demo models imported.
 serve: venv
@@ -38,6 +46,17 @@ clean:
 generate: venv
 	$(VENV)/bin/infernetes crd --out-dir crds
 	$(VENV)/bin/python scripts/render_deploy.py
+
+# The container image (operator and worker in one), with docker or podman: `make image`, then for kind
+# `kind load docker-image $(IMAGE)`. The default name is the chart's default image, so the chart needs no
+# --set image.* for an image built here; to push it elsewhere: make image IMAGE=registry.example.com/infernetes:0.1.0
+CHART_VERSION := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' helm/infernetes/Chart.yaml)
+IMAGE ?= ghcr.io/infernetes/infernetes:$(CHART_VERSION)
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+image:
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make image needs docker or podman (or CONTAINER_ENGINE=...)" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build -t $(IMAGE) $(BUILD_ARGS) .
+	@echo "built $(IMAGE); for kind: kind load docker-image $(IMAGE)"
 
 # The real-cluster end-to-end test (needs docker, kind, kubectl, helm): see scripts/kind-e2e.sh.
 kind-e2e: venv

@@ -12,7 +12,7 @@ NS=${NS:-infernetes-system}
 if ! kind get clusters | grep -qx "$CLUSTER"; then
   kind create cluster --config kind-config.yaml --name "$CLUSTER"
 fi
-docker build -t "$IMAGE_REPO:$IMAGE_TAG" .
+make image IMAGE="$IMAGE_REPO:$IMAGE_TAG" CONTAINER_ENGINE=docker
 kind load docker-image "$IMAGE_REPO:$IMAGE_TAG" --name "$CLUSTER"
 helm upgrade --install infernetes helm/infernetes --namespace "$NS" --create-namespace --wait \
   --set image.repository="$IMAGE_REPO" --set image.tag="$IMAGE_TAG" --set image.pullPolicy=Never \
