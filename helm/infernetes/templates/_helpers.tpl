@@ -33,6 +33,19 @@ app.kubernetes.io/component: operator
 {{- if .Values.watchNamespaces -}}{{ join "," .Values.watchNamespaces }}{{- else -}}{{ .Release.Namespace }}{{- end -}}
 {{- end -}}
 
+{{/* The namespace whose endpoints the REST gateway serves: gateway.namespace, else the first watched
+     namespace, else the release namespace. It must be one the operator watches. */}}
+{{- define "infernetes.gatewayNamespace" -}}
+{{- $ns := .Release.Namespace -}}
+{{- if .Values.gateway.namespace -}}{{- $ns = .Values.gateway.namespace -}}
+{{- else if and .Values.watchNamespaces (not .Values.clusterWide) -}}{{- $ns = first .Values.watchNamespaces -}}
+{{- end -}}
+{{- if and (not .Values.clusterWide) (not (has $ns (splitList "," (include "infernetes.namespaces" .)))) -}}
+{{- fail (printf "gateway.namespace [%s] is not watched: add it to watchNamespaces [%s]" $ns (include "infernetes.namespaces" .)) -}}
+{{- end -}}
+{{ $ns }}
+{{- end -}}
+
 {{- define "infernetes.apiKeysSecret" -}}
 {{- default (printf "%s-api-keys" (include "infernetes.fullname" .)) .Values.auth.existingSecret -}}
 {{- end -}}
