@@ -151,7 +151,8 @@ def free_port() -> int:
 def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     """subprocess.run in a session of its own: whatever the command started is killed with it when it ends,
     fails or times out, so no server it spawned outlives the test."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=killed_with_parent)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -161,6 +162,13 @@ def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedPro
     finally:
         kill_process_group(proc.pid)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def killed_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the test process dies, even when pytest itself is killed."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def kill_process_group(pgid: int) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pickle
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -42,8 +44,11 @@ def test_keys_are_required_off_loopback_and_never_logged(tmp_path, tiny_model_di
         assert httpx.put(f"{url}/_inference/text_embedding/guarded", json=body, headers=admin,
                          timeout=60).status_code == 200
         assert httpx.post(f"{url}/_inference/guarded", json={"input": "x"}, headers=admin).status_code == 200
-        wrong = base64.b64encode(encoded.encode()[:5] + b"nope").decode()
-        assert httpx.get(url + "/_inference", headers={"Authorization": f"ApiKey {wrong}"}).status_code == 401
+        key_id = base64.b64decode(encoded).decode().split(":", 1)[0]
+        for wrong_secret in (secret[:-1] + chr(ord(secret[-1]) ^ 1), "", secret + "x"):
+            # The right key id with a wrong secret: well-formed, so only the secret check can refuse it.
+            wrong = base64.b64encode(f"{key_id}:{wrong_secret}".encode()).decode()
+            assert httpx.get(url + "/_inference", headers={"Authorization": f"ApiKey {wrong}"}).status_code == 401
         created = json.loads(subprocess.run([str(EXE), "api-keys", "create", "--name", "reader", "--data-dir",
                                              str(tmp_path)], capture_output=True, text=True, check=True).stdout)
         reader = {"Authorization": f"ApiKey {created['encoded']}"}
@@ -84,18 +89,37 @@ class Exploit:
         return (Path.write_text, (MARKER, "pwned"))
 
 
-def test_pickle_weights_are_never_loaded(tmp_path, minilm_dir):
-    """A store folder tampered with by hand: safetensors removed, a booby-trapped pickle put in their place."""
+def test_pickle_weights_are_never_loaded(tmp_path, tiny_model_dir):
+    """A store folder tampered with by hand: safetensors removed, pickles put in their place. One is a booby
+    trap; the other is an honest state dict that torch's own ``weights_only`` loader accepts, so only our
+    refusal (safetensors only) keeps the worker from loading it."""
+    import torch
+    from safetensors.torch import load_file
+
     MARKER.unlink(missing_ok=True)
     store = ModelStore(tmp_path / "models")
-    info = store.import_folder(minilm_dir, "tampered")
+    info = store.import_folder(tiny_model_dir, "tampered")
+    weights = load_file(info.path / "model.safetensors")
     (info.path / "model.safetensors").unlink()
-    (info.path / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
-    manifest = json.loads((info.path / MANIFEST).read_text())
-    (info.path / MANIFEST).write_text(json.dumps(manifest))
-    proc = subprocess.run([str(EXE), "worker", "--model-dir", str(info.path), "--port", str(free_port())],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 3  # the model failed to load ...
-    assert "failed to load" in proc.stderr
+    torch.save(weights, info.path / "pytorch_model.bin")
+    (info.path / "training_args.bin").write_bytes(pickle.dumps(Exploit()))
+    port = free_port()
+    proc = subprocess.Popen([str(EXE), "worker", "--model-dir", str(info.path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the worker neither failed nor served"
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                assert ready.status_code != 200, "the worker loaded the pickled weights and serves"
+            time.sleep(0.2)
+        stderr = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == 3, stderr  # the model failed to load ...
+    assert "failed to load" in stderr
     assert not MARKER.exists()  # ... and nothing was unpickled
     shutil.rmtree(info.path)
