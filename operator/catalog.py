@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..worker.download import Progress, builtin, canonical_id, offline_hint, pull
+from ..worker.elastic_repository import pull_elastic, repository_url
 from ..worker.modelstore import ModelInfo, ModelStore
 from .errors import BadRequest, ResourceNotFound
 
@@ -57,5 +58,9 @@ class ModelCatalog:
         return self.get(model_id)
 
     def pull(self, model_id: str, progress: Progress | None = None) -> ModelInfo:
-        """Download a built-in model into the store (blocking; run it off the event loop)."""
+        """Download a built-in model into the store (blocking; run it off the event loop): from Elastic's model
+        repository when $INFERNETES_MODEL_REPOSITORY names one, else from the hub."""
+        repository = repository_url()
+        if repository:
+            return pull_elastic(self.store, model_id, repository, progress=progress)
         return pull(self.store, model_id, endpoint=self.hub, progress=progress)

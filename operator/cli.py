@@ -244,6 +244,7 @@ def _pull(args: argparse.Namespace, store: Any) -> int:
     from tqdm import tqdm
 
     from ..worker.download import DownloadError, Progress, pull
+    from ..worker.elastic_repository import pull_elastic, repository_url
 
     interactive = sys.stderr.isatty()
     bar = tqdm(total=0, unit="B", unit_scale=True, desc=f"pulling {args.model_id}", disable=None)
@@ -260,9 +261,13 @@ def _pull(args: argparse.Namespace, store: Any) -> int:
             print(f"pulling {args.model_id}: {p.downloaded_bytes / 1e6:.0f}/{p.total_bytes / 1e6:.0f} MB ({pct}%)",
                   file=sys.stderr, flush=True)
 
+    repository = getattr(args, "repository", None) or repository_url()
     try:
-        info = pull(store, args.model_id, repo_id=args.repo, revision=args.revision, task_type=args.task,
-                    endpoint=args.hub, progress=Progress(args.model_id, on_change=show))
+        if repository and args.repo is None:  # Elastic's layout: {name}.metadata.json, {name}.pt, {name}.vocab.json
+            info = pull_elastic(store, args.model_id, repository, progress=Progress(args.model_id, on_change=show))
+        else:
+            info = pull(store, args.model_id, repo_id=args.repo, revision=args.revision, task_type=args.task,
+                        endpoint=args.hub, progress=Progress(args.model_id, on_change=show))
     except DownloadError as exc:
         bar.close()
         print(f"infernetes: {exc}", file=sys.stderr)
@@ -286,13 +291,15 @@ def _termination_message(message: str) -> None:
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from ..worker.download import builtin
+    from ..worker.elastic_repository import repository_url
 
     store = _store(args)
     if store.get(args.model_id) is not None and not args.replace:
         print(f"[{args.model_id}] is already in the store (use --replace to download it again)")
         return 0
-    if args.repo is None and builtin(args.model_id) is None:
-        print(f"infernetes: [{args.model_id}] is not a built-in model; give --repo ORG/NAME", file=sys.stderr)
+    if args.repo is None and builtin(args.model_id) is None and not (args.repository or repository_url()):
+        print(f"infernetes: [{args.model_id}] is not a built-in model; give --repo ORG/NAME, or --repository "
+              "for Elastic's model repository", file=sys.stderr)
         return 2
     return _pull(args, store)
 
@@ -504,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
                     help="check the repository serves this task (detected otherwise)")
     pl.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
+    pl.add_argument("--repository", help="Elastic's model repository (https://, http:// or file:// URL holding "
+                    "{name}.metadata.json, {name}.pt, {name}.vocab.json; default: $INFERNETES_MODEL_REPOSITORY)")
     pl.add_argument("--replace", action="store_true", help="download again even if the model is in the store")
     _data_dir_arg(pl)
     pl.set_defaults(func=cmd_models_pull)

@@ -60,10 +60,13 @@ def eland_venv(request: pytest.FixtureRequest) -> Path:
 def with_vocab_txt(source: Path, target: Path) -> Path:
     """A copy of a BERT folder with ``vocab.txt``: Eland loads the slow tokenizer, which needs it, and the
     SPLADE and reranker folders ship only ``tokenizer.json``."""
-    target.mkdir(parents=True)
-    for f in source.iterdir():
-        if f.is_file() and not f.name.endswith(".pt"):
-            shutil.copy(f, target / f.name)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.pt"))
+    modules = target / "modules.json"
+    if modules.is_file():  # saved by sentence-transformers 6: name the classes as Eland's 5.x knows them
+        entries = json.loads(modules.read_text())
+        for m in entries:
+            m["type"] = "sentence_transformers.models." + m["type"].rsplit(".", 1)[-1]
+        modules.write_text(json.dumps(entries))
     if not (target / "vocab.txt").exists():
         vocab = json.loads((source / "tokenizer.json").read_text())["model"]["vocab"]
         (target / "vocab.txt").write_text("".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
@@ -73,6 +76,11 @@ def with_vocab_txt(source: Path, target: Path) -> Path:
 @pytest.fixture(scope="session")
 def splade_bert_dir(tmp_path_factory: pytest.TempPathFactory, splade_dir: Path) -> Path:
     return with_vocab_txt(splade_dir, tmp_path_factory.mktemp("eland-src") / "splade")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return with_vocab_txt(tiny_model_dir, tmp_path_factory.mktemp("eland-src") / "tiny")
 
 
 @pytest.fixture(scope="session")
