@@ -59,9 +59,28 @@ def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def json_response(request: Request, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON answer, honouring Elasticsearch's ``pretty`` and ``filter_path`` parameters."""
-    data = filter_path(data, request.query_params.get("filter_path"))
     option = orjson.OPT_INDENT_2 if flag(request, "pretty") else 0
+    spec = request.query_params.get("filter_path")
+    if spec:
+        return FilteredJSON(data, spec, option, status, headers)
     return Response(orjson.dumps(data, option=option), status, headers=headers, media_type=JSON)
+
+
+class FilteredJSON(Response):
+    """A JSON answer filtered by ``filter_path`` on a worker thread as it is sent: however big the document
+    and the patterns, the event loop keeps serving every other request meanwhile."""
+
+    def __init__(self, data: Any, spec: str, option: int, status: int, headers: dict[str, str] | None) -> None:
+        self._data, self._spec, self._option, self._headers = data, spec, option, headers
+        super().__init__(b"", status, headers=headers, media_type=JSON)
+
+    def _render(self) -> bytes:
+        return orjson.dumps(filter_path(self._data, self._spec), option=self._option)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.body = await asyncio.to_thread(self._render)
+        self.init_headers(self._headers)  # the Content-Length of the filtered body
+        await super().__call__(scope, receive, send)
 
 
 def plain_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -80,7 +99,7 @@ def int_param(request: Request, name: str, body: dict[str, Any] | None = None) -
         value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, (bool, float)):  # 1.5 is no integer (nor is 2.0), as Elasticsearch's parsers say
         raise ValidationFailed([f"[{name}] must be an integer, got [{value}]"])
     try:
         return int(value)
