@@ -48,6 +48,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._reserved = 0  # rows accepted and not yet answered
         self._queued_rows = 0
+        self._last_job: Job | None = None  # whose segment led the last batch (jobs take turns)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
@@ -137,7 +138,13 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            first = self._queue.popleft()
+            at = 0
+            if self._queue[0].job is self._last_job:
+                # Jobs take turns: a request queued behind a long one rides in the next batch, not after all of it.
+                at = next((i for i, s in enumerate(self._queue) if s.job is not self._last_job), 0)
+            first = self._queue[at]
+            del self._queue[at]
+            self._last_job = first.job
             batch = [first]
             rows, tokens = len(first.rows), first.tokens
             width = first.tokens // max(1, len(first.rows))

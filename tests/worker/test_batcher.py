@@ -185,3 +185,29 @@ def test_engine_matches_encode(tmp_path, tiny_model_dir):
     ours = run(main())
     reference = SentenceTransformer(str(tiny_model_dir), device="cpu").encode(texts)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_a_small_request_does_not_wait_for_all_of_a_long_one():
+    """Jobs take turns leading a batch: a small request queued behind a long one runs in the next batch."""
+
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(gate=gate)
+        b = Batcher(engine, WorkerMetrics("d", "0"), capacity=100, max_batch_tokens=8, max_batch_size=100)
+        b.start()
+        loop = asyncio.get_running_loop()
+        long = make_job(loop, range(100, 120))  # 10 segments of 2 rows
+        small = make_job(loop, [7])
+        tasks = [asyncio.create_task(b.submit(long))]
+        while not long.segments_left:
+            await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(b.submit(small)))
+        while b._queued_rows < 21 - 2:  # the small row is queued behind the long job's (one batch is running)
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        b.stop()
+        assert small.outputs == [7] and long.outputs == list(range(100, 120))
+        assert engine.rows_seen.index(7) <= 2, engine.rows_seen  # right after the batch that was running
+
+    run(main())
