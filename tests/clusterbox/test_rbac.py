@@ -80,3 +80,15 @@ def test_block_owner_deletion_needs_update_on_the_owners_finalizers(box: Cluster
         _grant(api, "fin", [{"apiGroups": ["apps"], "resources": ["deployments/finalizers"], "verbs": ["update"]}])
         assert sa.post("/api/v1/namespaces/default/configmaps",
                        json={"metadata": {"name": "a", "ownerReferences": [ref]}}).status_code == 201
+
+
+def test_a_role_binding_grants_a_cluster_role_only_in_its_namespace(box: ClusterBox, api: httpx.Client) -> None:
+    rules = [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}]
+    assert api.post(f"{RBAC}/clusterroles", json={"metadata": {"name": "cm-reader"}, "rules": rules}).status_code == 201
+    assert api.post(f"{RBAC}/namespaces/default/rolebindings", json={
+        "metadata": {"name": "cm-reader"}, "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": "default"}],
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cm-reader"}}).status_code == 201
+    with box.client(box.token_for("default", "operator")) as sa:
+        assert sa.get("/api/v1/namespaces/default/configmaps").status_code == 200
+        assert sa.get("/api/v1/namespaces/kube-system/configmaps").status_code == 403
+        assert sa.get("/api/v1/configmaps").status_code == 403

@@ -27,7 +27,7 @@ def watch(box: ClusterBox, path: str, **params: Any) -> Iterator[Iterator[dict[s
 
 
 def test_watch_sends_changes_after_the_resource_version_it_starts_from(box: ClusterBox, api: httpx.Client) -> None:
-    api.post(CM, json={"metadata": {"name": "before"}})
+    api.post(CM, json={"metadata": {"name": "before", "labels": {"w": "1"}}})
     rv = api.get(CM).json()["metadata"]["resourceVersion"]
     with watch(box, CM, resourceVersion=rv, labelSelector="w=1") as events:
         api.post(CM, json={"metadata": {"name": "a", "labels": {"w": "1"}}})
@@ -50,7 +50,9 @@ def test_bookmarks_carry_the_current_resource_version(box: ClusterBox, api: http
     with watch(box, CM, resourceVersion=rv, allowWatchBookmarks="true") as events:
         api.post(CM, json={"metadata": {"name": "a"}})
         first = next(events)
-        bookmark = next(e for e in events if e["type"] == "BOOKMARK")
+        deadline = time.monotonic() + 5
+        while (bookmark := next(events))["type"] != "BOOKMARK":
+            assert time.monotonic() < deadline, "no bookmark within 5 s (the box sends one every 0.3 s)"
     assert first["type"] == "ADDED"
     assert int(bookmark["object"]["metadata"]["resourceVersion"]) >= int(first["object"]["metadata"]["resourceVersion"])
     with watch(box, CM, resourceVersion=rv) as events:
