@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import openapi, patching
+from . import openapi, patching, tables
 from .rbac import User
 from .resources import Resource
 from .schema import KUBE_VERSION
@@ -148,10 +148,18 @@ class Routes:
         rq = Request(res, namespace, name, sub, verb, user, agent.split("/", 1)[0].split(" ", 1)[0] if agent else "unknown")
         if verb == "watch":
             return await self._watch(request, rq)
+        as_table = rq.res.is_crd and tables.wants_table(request.headers.get("Accept", "")) and sub is None
         if verb == "list":
-            return _json(self._list(rq, q))
+            listing = self._list(rq, q)
+            if as_table:
+                return _json(tables.table(res, listing["items"], listing["metadata"], q.get("includeObject", "Metadata")))
+            return _json(listing)
         if verb == "get":
-            return _json(self._get(rq))
+            got = self._get(rq)
+            if as_table:
+                return _json(tables.table(res, [got], {"resourceVersion": got["metadata"]["resourceVersion"]},
+                                          q.get("includeObject", "Metadata")))
+            return _json(got)
         body = await request.read()
         if verb == "create":
             return self._create(rq, q, self._body(body, request.content_type))

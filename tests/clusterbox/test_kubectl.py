@@ -149,3 +149,20 @@ def test_make_cluster_entry_serves_kubectl_until_terminated(tmp_path: Path) -> N
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_kubectl_get_prints_the_crds_printer_columns_for_every_example(kubectl: Kubectl, api: httpx.Client) -> None:
+    kubectl("apply", "-f", str(CRDS))
+    out = kubectl("apply", "-f", str(EXAMPLES)).stdout
+    documents = [d for p in sorted(EXAMPLES.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    assert out.count(" created") == len(documents), out
+    api.patch(f"{IE}/my-e5-model/status", json={"status": {"model_id": ".multilingual-e5-small", "allocations": "1/1", "state": "started"}},
+              headers={"Content-Type": "application/merge-patch+json"})
+    lines = kubectl("get", "ie", "my-e5-model").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "TASK", "MODEL", "ALLOCATIONS", "STATE", "AGE"]
+    name, task, model, allocations, state, age = lines[1].split()
+    assert (name, task, model, allocations, state) == ("my-e5-model", "text_embedding", ".multilingual-e5-small", "1/1", "started")
+    assert age.endswith("s")
+    listed = kubectl("get", "ie", "-A").stdout.splitlines()
+    endpoints = [d for d in documents if d["kind"] == "InferenceEndpoint"]
+    assert listed[0].split()[:2] == ["NAMESPACE", "NAME"] and len(listed) == 1 + len(endpoints)
