@@ -4,7 +4,6 @@ the SQLite store killed at random moments."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import random
 import signal
@@ -39,9 +38,11 @@ def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
                 outcomes.append(client.post("/_inference/sturdy", json={"input": ["keep going"] * 4}).status_code)
 
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            for _ in range(4):
-                pool.submit(load)
-            time.sleep(2)
+            loads = [pool.submit(load) for _ in range(4)]
+            deadline = time.monotonic() + 60
+            while len(outcomes) < 8:  # the load is flowing through both allocations
+                assert time.monotonic() < deadline and not any(f.done() for f in loads), "the load never flowed"
+                time.sleep(0.05)
             victim = worker_pids("sturdy")[0]
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
@@ -54,8 +55,13 @@ def test_worker_killed_under_load(tmp_path, minilm_dir, figures):
                     break
                 time.sleep(0.1)
             recovered = time.monotonic() - killed_at
-            time.sleep(1)
+            served = len(outcomes)
+            while len(outcomes) < served + 8:  # and keeps flowing after the replacement
+                assert time.monotonic() < deadline + 30, "no request was served after the replacement"
+                time.sleep(0.05)
             stop.set()
+        for f in loads:
+            f.result()  # a load thread that died (an exception instead of an answer) fails the test
         lost = [s for s in outcomes if s != 200]
         figures["worker_killed_under_load"] = {"requests": len(outcomes), "failed": len(lost),
                                                "failed_statuses": sorted(set(lost)),
@@ -80,6 +86,10 @@ def test_server_killed_and_restarted(tmp_path, tiny_model_dir, figures):
             assert httpx.put(f"{url}/_inference/text_embedding/kept-{i}", json=body, timeout=60).status_code == 200
         orphans = worker_pids("kept-0", first.pid)
         assert orphans
+        # The zygotes that forked them must go too, not only the workers.
+        orphans += [p.pid for p in psutil.Process(first.pid).children()
+                    if "infernetes.worker.zygote" in p.cmdline()]
+        assert len(orphans) > 1
         first.send_signal(signal.SIGKILL)
         first.wait()
         # Workers notice their parent is gone and leave.
@@ -98,10 +108,16 @@ def test_server_killed_and_restarted(tmp_path, tiny_model_dir, figures):
         ids = sorted(e["inference_id"] for e in httpx.get(f"{url}/_inference").json()["endpoints"])
         assert ids == ["kept-0", "kept-1", "kept-2"]
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if httpx.post(f"{url}/_inference/kept-2", json={"input": "back"}, timeout=60).status_code == 200:
-                break
+        serving: set[str] = set()
+        while serving != set(ids):
+            assert time.monotonic() < deadline, f"only {sorted(serving)} serve again after the restart"
+            for i in set(ids) - serving:
+                if httpx.post(f"{url}/_inference/{i}", json={"input": "back"}, timeout=60).status_code == 200:
+                    serving.add(i)
             time.sleep(0.2)
+        stats = httpx.get(f"{url}/_ml/trained_models/_stats").json()["trained_model_stats"]
+        assert sorted(s["deployment_stats"]["allocation_status"]["state"] for s in stats
+                      if "deployment_stats" in s) == ["fully_allocated"] * 3
         figures["server_killed"] = {"endpoints": 3, "endpoints_back": len(ids),
                                     "seconds_to_serving_again": round(time.monotonic() - restarted_at, 1)}
     finally:
@@ -189,4 +205,3 @@ def test_sqlite_store_survives_kill_at_any_moment(tmp_path, figures):
         # A commit may have landed just before the kill, unreported: carry on after everything on disk.
         start = max(committed | written | endpoints | {start}) + 1
     figures["sqlite_kill9"] = {"kills": kills, "integrity": "ok", "endpoints_written": start}
-    json.dumps(figures)
