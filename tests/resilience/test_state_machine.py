@@ -1,0 +1,179 @@
+"""Interleavings of PUT, DELETE, _update, _start, _stop and races between them, against the real local
+runtime (issue 13, D2). Hypothesis drives the sequence; after every step the system must hold:
+
+- no answer is a 5xx;
+- every endpoint GET lists answers inference (its PUT has returned, so it must serve);
+- no worker process runs for a deployment that _stats does not list (no zombie).
+
+Each new deployment starts a worker from the tiny model, so the number of steps is kept small.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from helpers import ServerThread
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from infernetes.worker.modelstore import ModelStore
+
+pytestmark = pytest.mark.slow
+
+IDS = st.sampled_from(["alpha", "beta"])
+DEPLOYMENT = "shared-dep"
+
+
+@pytest.fixture(scope="module")
+def state_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    data_dir = tmp_path_factory.mktemp("state-machine")
+    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
+    with ServerThread(data_dir) as srv:
+        yield srv
+
+
+def server_workers() -> dict[int, str]:
+    """Worker and zygote processes this test process started (directly or through a zygote), by deployment."""
+    me = os.getpid()
+    out = {}
+    for p in psutil.Process(me).children(recursive=True):
+        try:
+            cmd = p.cmdline()
+            if p.status() == psutil.STATUS_ZOMBIE or not any("infernetes.worker" in c for c in cmd):
+                continue
+        except psutil.Error:
+            continue
+        dep = cmd[cmd.index("--deployment-id") + 1] if "--deployment-id" in cmd else "?"
+        out[p.pid] = dep
+    return out
+
+
+def body(allocations: int = 1, **settings) -> dict:
+    ss = {"model_id": "tiny", "num_threads": 1, "num_allocations": allocations, **settings}
+    return {"service": "elasticsearch", "service_settings": ss}
+
+
+class Lifecycle(RuleBasedStateMachine):
+    server: ServerThread
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = self.server.client(timeout=120)
+        self.pool = concurrent.futures.ThreadPoolExecutor(4)
+        self.seen: list[tuple[str, int]] = []
+
+    def call(self, method: str, url: str, **kwargs) -> httpx.Response:
+        with self.server.client(timeout=120) as c:  # a client per call: rules run requests side by side
+            resp = c.request(method, url, **kwargs)
+        self.seen.append((f"{method} {url}", resp.status_code))
+        assert resp.status_code < 500, (method, url, resp.status_code, resp.text)
+        if resp.status_code >= 400:
+            assert resp.json()["error"]["reason"], resp.text  # Elasticsearch-shaped
+        return resp
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @rule(inference_id=IDS, allocations=st.integers(1, 2))
+    def put(self, inference_id: str, allocations: int) -> None:
+        resp = self.call("PUT", f"/_inference/text_embedding/{inference_id}", json=body(allocations))
+        assert resp.status_code in (200, 400), resp.text
+
+    @rule(inference_id=IDS)
+    def put_on_shared_deployment(self, inference_id: str) -> None:
+        resp = self.call("PUT", f"/_inference/text_embedding/{inference_id}",
+                         json={"service": "elasticsearch", "service_settings": {"deployment_id": DEPLOYMENT}})
+        assert resp.status_code in (200, 400, 404), resp.text
+
+    @rule(inference_id=IDS)
+    def delete(self, inference_id: str) -> None:
+        resp = self.call("DELETE", f"/_inference/{inference_id}?force=true")
+        assert resp.status_code in (200, 404), resp.text
+
+    @rule(inference_id=IDS, allocations=st.integers(1, 2))
+    def update(self, inference_id: str, allocations: int) -> None:
+        resp = self.call("PUT", f"/_inference/{inference_id}/_update",
+                         json={"service_settings": {"num_allocations": allocations}})
+        assert resp.status_code in (200, 404), resp.text
+
+    @rule()
+    def start_shared(self) -> None:
+        resp = self.call("POST", f"/_ml/trained_models/tiny/deployment/_start?deployment_id={DEPLOYMENT}")
+        assert resp.status_code in (200, 400), resp.text
+
+    @rule()
+    def stop_shared(self) -> None:
+        resp = self.call("POST", f"/_ml/trained_models/{DEPLOYMENT}/deployment/_stop?force=true")
+        assert resp.status_code in (200, 404), resp.text
+
+    @rule(inference_id=IDS, delay=st.sampled_from([0.0, 0.05, 0.3]))
+    def delete_then_put(self, inference_id: str, delay: float) -> None:
+        """The issue's race: DELETE of an endpoint, and a PUT of the same id while it drains."""
+        deleting = self.pool.submit(self.call, "DELETE", f"/_inference/{inference_id}?force=true")
+        time.sleep(delay)
+        putting = self.pool.submit(self.call, "PUT", f"/_inference/text_embedding/{inference_id}", json=body())
+        assert deleting.result().status_code in (200, 404)
+        assert putting.result().status_code in (200, 400, 409)
+
+    @rule(inference_id=IDS, delay=st.sampled_from([0.1, 0.4]))
+    def put_then_delete(self, inference_id: str, delay: float) -> None:
+        """A DELETE while the PUT still waits for its worker to start (the stopped allocations' sockets are
+        closed under the waiting PUT: it used to answer 500 "bad file descriptor")."""
+        putting = self.pool.submit(self.call, "PUT", f"/_inference/text_embedding/{inference_id}", json=body())
+        time.sleep(delay)
+        deleting = self.pool.submit(self.call, "DELETE", f"/_inference/{inference_id}?force=true")
+        assert putting.result().status_code in (200, 400, 409)
+        assert deleting.result().status_code in (200, 404, 409)
+
+    @rule(inference_id=IDS)
+    def two_puts(self, inference_id: str) -> None:
+        first = self.pool.submit(self.call, "PUT", f"/_inference/text_embedding/{inference_id}", json=body())
+        second = self.pool.submit(self.call, "PUT", f"/_inference/text_embedding/{inference_id}", json=body(2))
+        codes = sorted([first.result().status_code, second.result().status_code])
+        assert codes in ([200, 400], [400, 400]), codes  # never two endpoints, never an error
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def listed_endpoints_serve(self) -> None:
+        for ep in self.call("GET", "/_inference").json()["endpoints"]:
+            resp = self.call("POST", f"/_inference/text_embedding/{ep['inference_id']}", json={"input": "hi"})
+            assert resp.status_code == 200, (ep, resp.text, self.seen[-12:])
+            assert len(resp.json()["text_embedding"]) == 1
+
+    @invariant()
+    def no_worker_without_a_deployment(self) -> None:
+        stats = self.call("GET", "/_ml/trained_models/_stats").json()["trained_model_stats"]
+        deployments = {s["deployment_stats"]["deployment_id"] for s in stats if "deployment_stats" in s}
+        orphans = {pid: dep for pid, dep in server_workers().items() if dep not in deployments}
+        assert not orphans, (orphans, deployments, self.seen[-12:])
+
+    def teardown(self) -> None:
+        try:
+            for ep in self.call("GET", "/_inference").json()["endpoints"]:
+                self.call("DELETE", f"/_inference/{ep['inference_id']}?force=true")
+            stats = self.call("GET", "/_ml/trained_models/_stats").json()["trained_model_stats"]
+            for s in stats:
+                if "deployment_stats" in s:
+                    self.call("POST", f"/_ml/trained_models/{s['deployment_stats']['deployment_id']}/deployment/"
+                                      "_stop?force=true")
+            assert server_workers() == {}
+        finally:
+            self.pool.shutdown()
+            self.client.close()
+
+
+def test_no_interleaving_leaves_a_zombie_or_a_5xx(state_server, figures):
+    Lifecycle.server = state_server
+    started = time.monotonic()
+    run = Lifecycle.TestCase
+    run.settings = settings(max_examples=4, stateful_step_count=6, deadline=None, database=None,
+                            suppress_health_check=list(HealthCheck))
+    run().runTest()
+    figures["state_machine"] = {"examples": 4, "max_steps": 6, "seconds": round(time.monotonic() - started, 1)}
