@@ -57,8 +57,15 @@ class Resource:
         name = builtin_def_for(self.group, self.version, self.kind)
         return Node.builtin(name) if name else Node(None)
 
-    def spec_fields(self) -> bool:
-        return True
+    @property
+    def tracks_generation(self) -> bool:
+        """Kinds whose strategy keeps metadata.generation (ConfigMaps, Secrets, Services... have none)."""
+        return self.is_crd or (self.group, self.kind) in _GENERATION
+
+
+_GENERATION = {("apps", "Deployment"), ("apps", "ReplicaSet"), ("policy", "PodDisruptionBudget"),
+               ("networking.k8s.io", "NetworkPolicy"), ("autoscaling", "HorizontalPodAutoscaler"),
+               ("apiextensions.k8s.io", "CustomResourceDefinition")}
 
 
 def _r(group: str, version: str, plural: str, kind: str, namespaced: bool = True, **kw: Any) -> Resource:

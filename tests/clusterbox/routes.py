@@ -173,6 +173,10 @@ class Routes:
 
     @staticmethod
     def _body(raw: bytes, content_type: str) -> Any:
+        if raw and not ("json" in content_type or "yaml" in content_type or content_type in ("", "application/octet-stream", "text/plain")):
+            # protobuf and CBOR are not spoken here; client-go falls back to JSON on a 415.
+            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: "
+                           "application/json, application/yaml")
         try:
             if "yaml" in content_type:
                 return yaml.safe_load(raw)
@@ -404,6 +408,8 @@ class Routes:
                            f'UID in precondition: {pre["uid"]}, UID in object meta: {obj["metadata"]["uid"]}', _details(res, rq.name))
         if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
             raise conflict(res, rq.name or "")
+        if res.kind == "Namespace" and not res.group and rq.name in ("default", "kube-system", "kube-public"):
+            raise ApiError(403, "Forbidden", f'namespaces "{rq.name}" is forbidden: this namespace may not be deleted', _details(res, rq.name))
         if q.get("dryRun") == "All" or options.get("dryRun") == ["All"]:
             return self._out(res, obj)
         return self._out(res, self.s._delete_object(res, obj, policy))

@@ -268,7 +268,8 @@ class ApiServer:
         meta = _meta(obj)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
-        meta["generation"] = 1
+        if res.tracks_generation:
+            meta["generation"] = 1
         meta["resourceVersion"] = str(self._next_rv())
         self.objects[res.key][(meta.get("namespace", ""), meta["name"])] = obj
         self._emit(res, "ADDED", obj, None)
@@ -410,7 +411,8 @@ class ApiServer:
         if not new["metadata"].get("deletionTimestamp"):
             new["metadata"]["deletionTimestamp"] = _now()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
-            new["metadata"]["generation"] = int(meta.get("generation", 1)) + 1
+            if res.tracks_generation:
+                new["metadata"]["generation"] = int(meta.get("generation", 1)) + 1
         if namespace_pending:
             new.setdefault("status", {})["phase"] = "Terminating"
         stored = self.objects[res.key][(meta.get("namespace", ""), meta["name"])] = new
@@ -527,7 +529,7 @@ class ApiServer:
         # Generation: bumped when anything but metadata and status changes.
         if old is not None:
             strip = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}  # noqa: E731
-            if strip(old) != strip(new):
+            if strip(old) != strip(new) and res.tracks_generation:
                 meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
             if rv := meta.get("resourceVersion"):
                 if str(rv) != old["metadata"]["resourceVersion"]:

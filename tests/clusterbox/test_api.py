@@ -126,6 +126,7 @@ def test_errors_are_status_objects(api: httpx.Client) -> None:
     assert bad.json()["details"]["causes"][0]["field"] == "metadata.name"
     no_ns = api.post(CM.format(ns="ghost"), json={"metadata": {"name": "a"}})
     assert no_ns.status_code == 404 and no_ns.json()["message"] == 'namespaces "ghost" not found'
+    assert api.delete("/api/v1/namespaces/default").status_code == 403, "default may not be deleted"
     garbage = api.post(CM.format(ns="default"), content=b"{not json", headers={"Content-Type": "application/json"})
     assert garbage.status_code == 400 and garbage.json()["reason"] == "BadRequest"
     invalid_deploy = api.post(DEPLOY, json={"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}}})
@@ -142,6 +143,7 @@ def test_generation_is_bumped_by_spec_changes_only(api: httpx.Client) -> None:
     assert status["metadata"]["generation"] == 1 and status["status"] == {"replicas": 1}
     scaled = api.patch(f"{DEPLOY}/web", json={"spec": {"replicas": 3}}, headers=merge).json()
     assert scaled["metadata"]["generation"] == 2
+    assert "generation" not in _cm(api, "default", "a")["metadata"], "ConfigMaps have no generation"
 
 
 def test_status_is_dropped_on_create_and_kept_by_main_writes(api: httpx.Client) -> None:
