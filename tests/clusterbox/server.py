@@ -11,26 +11,21 @@ stack (aiohttp) and write the server ourselves; kmock stays what the existing op
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import dataclasses
 import json
 import re
 import secrets
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import yaml
-from aiohttp import web
 
 from . import patching
 from .patching import Manager
 from .rbac import Authorizer, User
 from .resources import BUILTIN, Resource, from_crd
 from .schema import FieldError, apply_defaults, prune, validate
-from .selection import SelectorError, field_selector, label_selector, selector_string
+from .selection import label_selector, selector_string
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -4,7 +4,6 @@ the tests inject: 429 with Retry-After, 500, slow answers."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
