@@ -168,6 +168,7 @@ class WorkerState:
             capacity=settings.queue_capacity,
             max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=settings.max_batch_size,
+            slice_tokens=settings.cancel_slice_tokens,
         )
         self.state = "loading"
         self.failure: str | None = None

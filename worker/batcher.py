@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
+
 from .engine import Engine, Job, Segment, collate
 from .metrics import WorkerMetrics
 
@@ -38,8 +40,12 @@ class Batcher:
         capacity: int,
         max_batch_tokens: int,
         max_batch_size: int,
+        slice_tokens: int | None = None,
     ) -> None:
         self.engine = engine
+        # A batch larger than this many padded tokens runs in row slices, and stops between slices once every
+        # request in it is given up (a forward pass itself cannot be interrupted). None: never sliced.
+        self.slice_tokens = slice_tokens
         self.metrics = metrics
         self.capacity = capacity
         self.max_batch_tokens = max_batch_tokens
@@ -187,8 +193,12 @@ class Batcher:
             try:
                 features = collate(live, self.engine.pad_id)
                 t0 = time.perf_counter()
-                output = self.engine.forward(features)
+                output = self._forward(features, live)
                 elapsed = time.perf_counter() - t0
+                if output is None:  # every request in the batch was given up while it ran
+                    for seg in live:
+                        self._finish_segment(seg, None)
+                    continue
                 self.metrics.inference_seconds.observe(elapsed)
                 n_rows = sum(len(s.rows) for s in live)
                 self.metrics.batch_size.observe(n_rows)
@@ -207,6 +217,26 @@ class Batcher:
                 self.metrics.errors.inc()
                 for seg in live:
                     self._finish_segment(seg, exc)
+
+    def _forward(self, features: dict[str, Any], live: list[Segment]) -> Any:
+        """The model's output for a batch, run in slices when large; None once all its requests are given up."""
+        ids = features["input_ids"]
+        rows, width = ids.shape[0], ids.shape[1]
+        step = rows if self.slice_tokens is None else max(1, self.slice_tokens // max(1, width))
+        if rows <= step:
+            return self.engine.forward(features)
+        import torch
+
+        parts = []
+        for start in range(0, rows, step):
+            if all(seg.job.cancelled for seg in live):
+                return None
+            part = {k: v[start : start + step] if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+                    for k, v in features.items()}
+            parts.append(self.engine.forward(part))
+        if isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)
+        return np.concatenate(parts)
 
     def _release(self, batch: list[Segment]) -> None:
         with self._cond:

@@ -32,6 +32,8 @@ class WorkerSettings:
     # Batches are cut when their padded token count (rows x longest row) would pass this.
     max_batch_tokens: int = 8192
     max_batch_size: int = 128
+    # Batches over this many padded tokens run in slices, so a batch whose requests are all given up stops early.
+    cancel_slice_tokens: int = 2048
     max_inputs: int = 1024
     # Seconds a terminating worker keeps serving the requests it has already accepted.
     drain_timeout: float = 30.0

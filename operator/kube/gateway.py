@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from ...worker.config import AUTH_TOKEN_ENV
 from ...worker.download import BUILTINS, builtin, canonical_id
 from ...worker.modelstore import ModelInfo
 from ..errors import (
@@ -239,8 +241,11 @@ class KubeRuntime:
         self.settings = settings
         self.poll_interval = poll_interval
         self.hold_limit = hold_limit
-        self.router = Router()
-        self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False)
+        # The credential worker pods demand (OperatorSettings.worker_credential_secret), from the same Secret.
+        credential = os.environ.get(AUTH_TOKEN_ENV) or None
+        self.router = Router(credential=credential)
+        self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False,
+                                        headers={"Authorization": f"Bearer {credential}"} if credential else None)
         self._owners: dict[str, dict[str, Any]] = {}  # deployment id -> the CR that provides it
         self._pods: dict[str, list[dict[str, Any]]] = {}  # deployment label -> its pods
         self._task: asyncio.Task[None] | None = None

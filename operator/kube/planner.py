@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ...worker.config import AUTH_TOKEN_ENV
 from ...worker.download import builtin, canonical_id
 from ..records import Deployment
 from . import (
@@ -156,6 +157,10 @@ def plan(
         {"name": "MKL_NUM_THREADS", "value": threads},
         *common_env,
     ]
+    if settings.worker_credential_secret:
+        # Not optional: a worker missing its credential must not start open to every pod of the cluster.
+        worker_env.append({"name": AUTH_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+            "name": settings.worker_credential_secret, "key": "token"}}})
     probe = {"httpGet": {"path": "/readyz", "port": "http"}}
     worker = {
         "name": "worker",

@@ -44,6 +44,10 @@ class OperatorSettings(BaseModel):
     # A model store baked into the image (air-gapped clusters): models found there are copied, not downloaded.
     seed_dir: str | None = None
     hub_token_secret: str | None = Field(None, description="Secret with key HF_TOKEN for private hub models")
+    # Workers then accept only callers that send this credential (the gateway reads the same token from
+    # $INFERNETES_WORKER_AUTH_TOKEN); the Secret must exist in each namespace where worker pods run.
+    worker_credential_secret: str | None = Field(
+        None, description="Secret with key `token`: the credential worker pods demand from the gateway")
     models: dict[str, ExtraModel] = Field(default_factory=dict, description="models beyond the built-in ones")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)

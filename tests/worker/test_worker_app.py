@@ -140,6 +140,28 @@ def test_a_request_past_its_deadline_is_dropped_and_the_next_one_is_served(engin
         assert 'infernetes_cancelled_requests_total{allocation="0",deployment="default"} 1.0' in metrics
 
 
+def test_a_running_batch_stops_between_slices_once_its_request_is_given_up(engine):
+    """One segment of 40 rows x 128 tokens runs in slices of 8 rows: given up during the first slice, the
+    other four slices never run."""
+    with serve(engine, cancel_slice_tokens=1024) as (url, _state), Gate(engine) as gate:
+        big = {"input": [f"a long input number {i} " * 40 for i in range(40)]}
+        given_up = httpx.post(url + "/infer", json=big, headers={**AUTH, "X-Infernetes-Timeout": "0.5"}, timeout=30)
+        assert given_up.status_code == 408
+        gate.opened.set()
+        assert httpx.post(url + "/infer", json={"input": ["small"]}, headers=AUTH, timeout=30).status_code == 200
+        assert gate.rows == [8, 1]
+
+
+def test_sliced_batches_give_the_same_vectors(engine):
+    texts = [f"text number {i} " * (i % 7 + 1) for i in range(40)]
+    with serve(engine) as (url, _state):
+        whole = httpx.post(url + "/infer", json={"input": texts}, headers=AUTH, timeout=30).json()
+    with serve(engine, cancel_slice_tokens=64) as (url, _state):
+        sliced = httpx.post(url + "/infer", json={"input": texts}, headers=AUTH, timeout=30).json()
+    np.testing.assert_allclose([e["embedding"] for e in sliced["text_embedding"]],
+                               [e["embedding"] for e in whole["text_embedding"]], atol=1e-5)
+
+
 def test_a_client_that_leaves_is_dropped(engine):
     with serve(engine, max_batch_size=4) as (url, state), Gate(engine) as gate:
         big = {"input": [f"another long input {i} " * 30 for i in range(40)]}
