@@ -26,14 +26,19 @@ collection (background, foreground, orphan) and namespace deletion; RBAC from th
 ClusterRoles and bindings, with bearer tokens for an admin and for ServiceAccounts, and OpenShift's
 blockOwnerDeletion admission; watches with bookmarks, resumption, 410 after compaction; injected
 faults (429 with Retry-After, 500, slow answers, dropped watch streams); discovery and OpenAPI v3
-documents (the real Kubernetes schemas from kubernetes-validate) over TLS with a self-signed CA.
+documents (the real Kubernetes schemas from kubernetes-validate, so `kubectl explain` works) over
+TLS with a self-signed CA (kubectl sends tokens only over TLS); server-side printing of custom
+resources, so `kubectl get` and `get -w` show the CRDs' printer columns.
 
 What it does not model: controllers and the kubelet are not written yet (nothing creates
 ReplicaSets or Pods from a Deployment, no pod runs, no Deployment status); networking beyond
 loopback; real scheduling, nodes, cgroups and resource limits; admission webhooks, quotas and
-LimitRanges; aggregated discovery and server-side Table printing (kubectl falls back to client-side
-printing, so custom printer columns are not shown); built-in defaulting (e.g. a Service port's
-protocol); CRD versions conversion and validation ratcheting; protobuf.
+LimitRanges; aggregated discovery (kubectl falls back to the plain documents); server-side printing
+of built-in kinds (kubectl prints NAME and AGE only); built-in defaulting (e.g. a Service port's
+protocol) and most of the built-in kinds' hand-written validation (the schema's types and required
+fields are checked); CRD version conversion and validation ratcheting; protobuf bodies, so the
+`kubectl create configmap|secret|deployment ...` generators fail (`kubectl create -f` and `apply`
+work); SelfSubjectAccessReview (`kubectl auth can-i`); Pod logs, exec and port-forward.
 """
 
 from .box import ClusterBox

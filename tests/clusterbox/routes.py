@@ -459,7 +459,15 @@ class Routes:
         response = web.StreamResponse(headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
         await response.prepare(request)
 
+        as_table = res.is_crd and tables.wants_table(request.headers.get("Accept", ""))
+        first = [True]
+
         async def send(type_: str, obj: dict[str, Any]) -> None:
+            if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                obj = tables.table(res, [obj], {"resourceVersion": obj["metadata"]["resourceVersion"]}, q.get("includeObject", "Metadata"))
+                if not first[0]:
+                    obj["columnDefinitions"] = None  # as the real server: column definitions in the first event only
+                first[0] = False
             await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
         try:

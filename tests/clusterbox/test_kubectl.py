@@ -166,3 +166,26 @@ def test_kubectl_get_prints_the_crds_printer_columns_for_every_example(kubectl: 
     listed = kubectl("get", "ie", "-A").stdout.splitlines()
     endpoints = [d for d in documents if d["kind"] == "InferenceEndpoint"]
     assert listed[0].split()[:2] == ["NAMESPACE", "NAME"] and len(listed) == 1 + len(endpoints)
+
+
+def test_kubectl_get_watch_prints_changes_with_the_printer_columns(kubectl: Kubectl, api: httpx.Client, box: Any) -> None:
+    import threading
+
+    kubectl("apply", "-f", str(CRDS))
+    kubectl("apply", "-f", str(EXAMPLES / "03-e5.yaml"))
+    proc = subprocess.Popen([KUBECTL, "--kubeconfig", str(kubectl.kubeconfig), "get", "ie", "-w"],  # type: ignore[attr-defined]
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_for(lambda: any(v == "watch" and r == "inferenceendpoints" for v, r, _ in box.requests()), what="kubectl to watch")
+        api.patch(f"{IE}/my-e5-model/status", json={"status": {"state": "started"}},
+                  headers={"Content-Type": "application/merge-patch+json"})
+        wait_for(lambda: any("started" in line for line in lines), what="the watched change to be printed")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert lines[0].split() == ["NAME", "TASK", "MODEL", "ALLOCATIONS", "STATE", "AGE"]
+    assert sum(1 for line in lines if line.startswith("NAME")) == 1, "one header: later events carry no column definitions"
+    assert next(line for line in lines if "started" in line).split()[:3] == ["my-e5-model", "text_embedding", "started"]
