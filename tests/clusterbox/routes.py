@@ -138,12 +138,7 @@ class Routes:
             await asyncio.sleep(fault.delay)
         if res.namespaced and namespace is None and verb not in ("list", "watch"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        if not self.s.authorizer.allowed(user, verb, res, namespace, name, sub):
-            scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            grp = f' in API group "{res.group}"' if True else ""
-            full = f"{res.plural}/{sub}" if sub else res.plural
-            raise ApiError(403, "Forbidden", f'{res.group_resource}{" " + repr(name).replace(chr(39), chr(34)) if name else ""} is forbidden: '
-                           f'User "{user.name}" cannot {verb} resource "{full}"{grp}{scope}', _details(res, name))
+        self._authorize(user, verb, res, namespace, name, sub)
         agent = request.headers.get("User-Agent", "")
         rq = Request(res, namespace, name, sub, verb, user, agent.split("/", 1)[0].split(" ", 1)[0] if agent else "unknown")
         if verb == "watch":
@@ -170,6 +165,15 @@ class Routes:
         if verb == "delete":
             return _json(self._delete(rq, q, self._body(body, request.content_type) if body else {}))
         return _json(self._delete_collection(rq, q))
+
+    def _authorize(self, user: User, verb: str, res: Resource, namespace: str | None, name: str | None, sub: str | None) -> None:
+        if self.s.authorizer.allowed(user, verb, res, namespace, name, sub):
+            return
+        scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+        full = f"{res.plural}/{sub}" if sub else res.plural
+        named = f' "{name}"' if name else ""
+        raise ApiError(403, "Forbidden", f'{res.group_resource}{named} is forbidden: User "{user.name}" cannot {verb} resource '
+                       f'"{full}" in API group "{res.group}"{scope}', _details(res, name))
 
     @staticmethod
     def _body(raw: bytes, content_type: str) -> Any:
@@ -367,6 +371,8 @@ class Routes:
             raise ApiError(400, "BadRequest", f"the name of the object ({config['metadata']['name']}) does not match the name on the URL ({rq.name})")
         if rq.subresource == "scale":
             raise ApiError(415, "UnsupportedMediaType", "apply is not supported on the scale subresource by the box")
+        if old is None:  # an apply that creates needs `create` too, as in the real server
+            self._authorize(rq.user, "create", res, rq.namespace, rq.name, None)
         force = q.get("force") in ("true", "1")
         config = copy.deepcopy(config)
         config.setdefault("metadata", {})["name"] = rq.name

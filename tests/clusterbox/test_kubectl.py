@@ -82,8 +82,16 @@ def test_kubectl_scale_wait_describe_and_delete(kubectl: Kubectl, api: httpx.Cli
         waiting.kill()
     assert waiting.returncode == 0, err
     assert "condition met" in out
+    uid = api.get(f"{IE}/my-e5-model").json()["metadata"]["uid"]
+    for name, reason in [("e1", "Scaled"), ("e2", "Elsewhere")]:
+        involved = {"apiVersion": "infernetes.dev/v1alpha1", "kind": "InferenceEndpoint", "namespace": "default",
+                    "name": "my-e5-model" if reason == "Scaled" else "other", "uid": uid if reason == "Scaled" else "x"}
+        assert api.post("/api/v1/namespaces/default/events", json={
+            "metadata": {"name": name}, "involvedObject": involved, "reason": reason, "message": f"{reason} to 3",
+            "type": "Normal", "source": {"component": "infernetes"}, "count": 1}).status_code == 201
     described = kubectl("describe", "ie", "my-e5-model").stdout
     assert "Name:         my-e5-model" in described and "num_allocations:  3" in described and "Ready" in described
+    assert "Scaled to 3" in described and "Elsewhere" not in described, "describe selects the object's events by field"
     deleted = kubectl("delete", "-f", str(EXAMPLES / "03-e5.yaml")).stdout
     assert 'inferenceendpoint.infernetes.dev "my-e5-model" deleted' in deleted
     assert api.get(f"{IE}/my-e5-model").status_code == 404

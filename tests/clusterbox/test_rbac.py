@@ -92,3 +92,15 @@ def test_a_role_binding_grants_a_cluster_role_only_in_its_namespace(box: Cluster
         assert sa.get("/api/v1/namespaces/default/configmaps").status_code == 200
         assert sa.get("/api/v1/namespaces/kube-system/configmaps").status_code == 403
         assert sa.get("/api/v1/configmaps").status_code == 403
+
+
+def test_an_apply_that_creates_needs_create_as_well_as_patch(box: ClusterBox, api: httpx.Client) -> None:
+    import yaml
+    _grant(api, "patch-only", [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch", "get"]}])
+    body = yaml.safe_dump(deployment("web"))
+    apply = {"Content-Type": "application/apply-patch+yaml"}
+    with box.client(box.token_for("default", "operator")) as sa:
+        r = sa.patch(f"{DEPLOY}/web", content=body, headers=apply, params={"fieldManager": "infernetes"})
+        assert r.status_code == 403 and 'cannot create resource "deployments"' in r.json()["message"]
+        api.post(DEPLOY, json=deployment("web"))
+        assert sa.patch(f"{DEPLOY}/web", content=body, headers=apply, params={"fieldManager": "infernetes"}).status_code == 200
