@@ -188,6 +188,8 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
         dep = await service.store.get_deployment(ep.deployment_id)
         if ep.task_type == "rerank":
             model_type: dict[str, Any] = {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}}
+        elif ep.task_type == "sparse_embedding":
+            model_type = {"embedding": {"pooling": "splade"}}
         else:
             model_type = {"embedding": {"pooling": (model.get("options") or {}).get("pooling", "mean")}}
         return plain_json({
