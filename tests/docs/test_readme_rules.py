@@ -98,3 +98,14 @@ def test_readme_keeps_the_rules():
                for b in blocks if not b.runs)
     # The quick start's examples show what they print.
     assert sum(1 for b in run if b.expected) >= 4
+
+
+def test_every_block_parses_even_those_not_run():
+    import subprocess
+
+    for block in load(README):
+        if block.lang == "python":
+            compile(block.code, f"README.md:{block.line}", "exec")
+        else:
+            proc = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
+            assert proc.returncode == 0, f"README.md line {block.line}: {proc.stderr}"
