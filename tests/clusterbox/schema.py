@@ -302,3 +302,31 @@ def _old_items(node: Node, old: Any) -> dict[str, Any]:
     if not isinstance(old, list) or node.list_type() not in ("map", "set"):
         return {}
     return {_item_key(node, item): item for item in old}
+
+
+def structural_errors(schema: Any, path: str = "spec.validation.openAPIV3Schema") -> list[FieldError]:
+    """The apiextensions/v1 rules a CRD schema must keep to be structural (refused otherwise)."""
+    if not isinstance(schema, dict):
+        return [FieldError(path, "FieldValueInvalid", "Invalid value: must be an object")]
+    errors: list[FieldError] = []
+    if "type" not in schema and not schema.get("x-kubernetes-int-or-string") and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        errors.append(FieldError(f"{path}.type", "FieldValueRequired", "Required value: must not be empty for specified object fields"))
+    for banned in ("$ref", "definitions", "additionalItems", "patternProperties", "dependencies"):
+        if banned in schema:
+            errors.append(FieldError(f"{path}.{banned}", "FieldValueForbidden", f"Forbidden: {banned} is not supported"))
+    if "properties" in schema and "additionalProperties" in schema:
+        errors.append(FieldError(f"{path}.additionalProperties", "FieldValueForbidden",
+                                 "Forbidden: additionalProperties and properties are mutual exclusive"))
+    for name, sub in (schema.get("properties") or {}).items():
+        errors += structural_errors(sub, f"{path}.properties[{name}]")
+    if isinstance(schema.get("items"), dict):
+        errors += structural_errors(schema["items"], f"{path}.items")
+    if isinstance(schema.get("additionalProperties"), dict):
+        errors += structural_errors(schema["additionalProperties"], f"{path}.additionalProperties")
+    for rule in schema.get("x-kubernetes-validations") or ():
+        try:
+            _cel_env.compile(rule.get("rule", ""))
+        except Exception as exc:  # noqa: BLE001 - a rule that does not compile refuses the CRD, as in the server
+            errors.append(FieldError(f"{path}.x-kubernetes-validations", "FieldValueInvalid",
+                                     f"Invalid value: {json.dumps(rule.get('rule'))}: compilation failed: {exc}"))
+    return errors

@@ -24,7 +24,7 @@ from . import patching
 from .patching import Manager
 from .rbac import Authorizer, User
 from .resources import BUILTIN, Resource, from_crd
-from .schema import FieldError, apply_defaults, prune, validate
+from .schema import FieldError, apply_defaults, prune, structural_errors, validate
 from .selection import label_selector, selector_string
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -610,9 +610,19 @@ class ApiServer:
         spec = crd.get("spec") or {}
         names = spec.get("names") or {}
         want = f"{names.get('plural')}.{spec.get('group')}"
+        res = self.by_plural("apiextensions.k8s.io", "customresourcedefinitions")
         if crd["metadata"]["name"] != want:
-            raise invalid(self.by_plural("apiextensions.k8s.io", "customresourcedefinitions"), crd["metadata"]["name"],
+            raise invalid(res, crd["metadata"]["name"],
                           [FieldError("metadata.name", "FieldValueInvalid", f'Invalid value: "{crd["metadata"]["name"]}": must be spec.names.plural+"."+spec.group')])
+        errors = []
+        for i, version in enumerate(spec.get("versions") or ()):
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if schema is None:
+                errors.append(FieldError(f"spec.versions[{i}].schema.openAPIV3Schema", "FieldValueRequired", "Required value: schemas are required"))
+            else:
+                errors += structural_errors(schema, f"spec.versions[{i}].schema.openAPIV3Schema")
+        if errors:
+            raise invalid(res, crd["metadata"]["name"], errors)
 
     def _check_owner_references(self, rq: Request, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         """OwnerReferencesPermissionEnforcement (on in OpenShift): setting blockOwnerDeletion needs

@@ -139,3 +139,17 @@ def test_scale_subresource_reads_and_writes_the_spec_replicas_path(api: httpx.Cl
     # The CRD's validation still applies to a write through scale (minimum: 1).
     zero = api.patch(f"{IE}/e/scale", json={"spec": {"replicas": 0}}, headers=MERGE)
     assert zero.status_code == 422
+
+
+def test_a_crd_that_is_not_structural_or_has_a_bad_cel_rule_is_refused(api: httpx.Client) -> None:
+    doc = crd_docs()[0]
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    untyped = copy.deepcopy(doc)
+    del untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["task_type"]["type"]
+    r = api.post(CRDS, json=untyped)
+    assert r.status_code == 422 and "properties[task_type].type" in r.json()["message"]
+    bad_rule = copy.deepcopy(doc)
+    bad_rule["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = [{"rule": "self.spec.(", "message": "x"}]
+    assert api.post(CRDS, json=bad_rule).status_code == 422
+    assert api.get("/apis/infernetes.dev/v1alpha1").status_code == 404, "a refused CRD serves nothing"
+    assert schema["type"] == "object" and api.post(CRDS, json=doc).status_code == 201

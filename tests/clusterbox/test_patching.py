@@ -131,3 +131,27 @@ def test_apply_needs_a_field_manager_and_creates_when_absent(api: httpx.Client) 
     assert created.status_code == 201 and created.json()["metadata"]["uid"]
     again = _apply(api, obj, "infernetes")
     assert again.json()["metadata"]["resourceVersion"] == created.json()["metadata"]["resourceVersion"], "a no-op apply writes nothing"
+
+
+def test_server_side_apply_of_status_is_its_own_manager_entry(api: httpx.Client, crds: list[dict[str, Any]]) -> None:
+    from .test_crds import IE, endpoint
+    api.post(IE, json=endpoint("e"))
+    status = {"apiVersion": "infernetes.dev/v1alpha1", "kind": "InferenceEndpoint", "metadata": {"name": "e"},
+              "spec": {"task_type": "rerank"}, "status": {"state": "started", "allocation_count": 1}}
+    r = api.patch(f"{IE}/e/status", content=yaml.safe_dump(status), headers=APPLY, params={"fieldManager": "infernetes"})
+    assert r.status_code == 200, r.text
+    obj = r.json()
+    assert obj["status"] == {"state": "started", "allocation_count": 1} and obj["spec"]["task_type"] == "text_embedding"
+    entry = next(m for m in obj["metadata"]["managedFields"] if m["manager"] == "infernetes")
+    assert entry["subresource"] == "status" and set(entry["fieldsV1"]) == {"f:status"}
+    status["status"] = {"state": "started"}
+    r = api.patch(f"{IE}/e/status", content=yaml.safe_dump(status), headers=APPLY, params={"fieldManager": "infernetes"})
+    assert r.json()["status"] == {"state": "started"}, "a status field no longer applied is removed"
+
+
+def test_a_patch_carrying_a_stale_resource_version_is_409(api: httpx.Client) -> None:
+    created = api.post(DEPLOY, json=deployment("web")).json()
+    rv = created["metadata"]["resourceVersion"]
+    assert api.patch(f"{DEPLOY}/web", json={"spec": {"replicas": 2}, "metadata": {"resourceVersion": rv}}, headers=MERGE).status_code == 200
+    stale = api.patch(f"{DEPLOY}/web", json={"spec": {"replicas": 3}, "metadata": {"resourceVersion": rv}}, headers=MERGE)
+    assert stale.status_code == 409 and stale.json()["reason"] == "Conflict"
