@@ -84,6 +84,29 @@ def test_spawned_workers_get_the_credential_in_their_environment(served, monkeyp
     assert runtime.credential not in " ".join(seen["args"])
 
 
+def test_worker_memory_returns_near_its_baseline_after_large_inputs(served, figures):
+    """The issue's D5: a 6 MB request once took a worker from 434 MB to 1,142 MB for good. Inputs are cut to
+    what the model reads before tokenising, and freed memory is handed back after large requests."""
+    runtime = served.app.state.service.runtime
+    (alloc,) = runtime.deployments["slow"].allocations
+    worker = psutil.Process(alloc.handle.pid)
+    with served.client(timeout=300) as c:
+        for _ in range(5):
+            assert c.post("/_inference/text_embedding/slow", json={"input": ["warm up"] * 8}).status_code == 200
+        baseline = worker.memory_info().rss / 2**20
+        sentence = "the northern lights glow green over the cold northern sea tonight "
+        text = sentence * (199_000 // len(sentence))
+        for n in (30, 30):  # 6 MB each: 30 inputs of 199k characters (the gateway's per-input limit is 200k)
+            resp = c.post("/_inference/text_embedding/slow?timeout=300s", json={"input": [text] * n})
+            assert resp.status_code == 200
+            assert all(e.get("is_truncated") for e in resp.json()["text_embedding"])
+    deadline = time.monotonic() + 30
+    while (after := worker.memory_info().rss / 2**20) > baseline * 1.5:  # the trim runs after the answer
+        assert time.monotonic() < deadline, f"worker RSS {after:.0f} MB stayed above 1.5 x {baseline:.0f} MB"
+        time.sleep(0.2)
+    figures["worker_rss_after_6mb_requests"] = {"baseline_mb": round(baseline, 1), "after_mb": round(after, 1)}
+
+
 def test_a_given_up_request_is_dropped_and_the_next_is_served(served, figures):
     """The issue's D4: many long inputs with ?timeout=, then a small request on the same allocation."""
     url = allocation_url(served, "slow")
