@@ -2,9 +2,14 @@
 ``/token_ids``), health, readiness, stats and Prometheus metrics.
 
 The model loads on a background thread after the server starts listening, so ``/healthz`` answers
-at once and ``/readyz`` turns 200 only when the model is loaded and warmed up. A request whose
-client disconnects is dropped before the model runs. On SIGTERM uvicorn stops accepting and
-lets accepted requests finish (graceful scale-down).
+at once and ``/readyz`` turns 200 only when the model is loaded and warmed up. On SIGTERM uvicorn
+stops accepting and lets accepted requests finish (graceful scale-down).
+
+Only the gateway may call: with ``auth_token`` set, everything but health, readiness and metrics needs
+``Authorization: Bearer <token>`` (401 without, 403 wrong), and bodies over ``max_body_bytes`` get 413.
+A request whose client disconnects, or whose deadline (``X-Infernetes-Timeout``) passes, is dropped
+wherever it is: parsing and chunking (on a thread, never the event loop), tokenising, the queue, or
+between the slices of a running batch.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 Requests reserve queue capacity first (429 when the queue is full, before any work is done),
 are tokenised on a tokeniser thread, and their segments wait in one queue. The model thread
 takes whatever is queued whenever it becomes free, up to a padded-token budget and a row cap,
-so a busy worker runs large batches and an idle one answers a single request at once. Segments
-whose client has gone are dropped before the model runs.
+so a busy worker runs large batches and an idle one answers a single request at once. Jobs take
+turns leading a batch, so a small request does not wait for every segment of a long one. Segments
+whose request was given up are dropped before the model runs, and a large batch runs in slices that
+stop once every request in it is given up.
 """
 
 from __future__ import annotations
