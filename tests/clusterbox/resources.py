@@ -104,7 +104,10 @@ BUILTIN: list[Resource] = [
        categories=("all",), status=True),
     _r("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
        short_names=("crd", "crds"), status=True),
+    # Not stored: a create answers whether the caller may do something (`kubectl auth can-i`).
+    _r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
 ]
+REVIEWS = ("authorization.k8s.io", "selfsubjectaccessreviews")
 
 
 def from_crd(crd: dict[str, Any]) -> list[Resource]:

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import openapi, patching, tables
+from . import openapi, patching, tables, wire
 from .rbac import User
-from .resources import Resource
+from .resources import REVIEWS, Resource
 from .schema import KUBE_VERSION
 from .selection import SelectorError, field_selector, label_selector, selector_string
 from .server import ApiError, ApiServer, Request, Watcher, _details, _get_dotted, _set_dotted, conflict, not_found
@@ -136,6 +136,8 @@ class Routes:
             if fault.kind == "500":
                 raise ApiError(500, "InternalError", "Internal error occurred: injected fault")
             await asyncio.sleep(fault.delay)
+        if res.key == REVIEWS:
+            return await self._review(request, user, verb)
         if res.namespaced and namespace is None and verb not in ("list", "watch"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         self._authorize(user, verb, res, namespace, name, sub)
@@ -165,6 +167,31 @@ class Routes:
         if verb == "delete":
             return _json(self._delete(rq, q, self._body(body, request.content_type) if body else {}))
         return _json(self._delete_collection(rq, q))
+
+    async def _review(self, request: web.Request, user: User, verb: str) -> web.Response:
+        if verb != "create":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        raw = await request.read()
+        if request.content_type == "application/vnd.kubernetes.protobuf":
+            try:
+                review: Any = wire.access_review(raw)
+            except (ValueError, IndexError, UnicodeDecodeError) as exc:
+                raise ApiError(400, "BadRequest", f"the body of the request could not be decoded: {exc}") from None
+        else:
+            review = self._body(raw, request.content_type)
+        attrs = (review.get("spec") or {}).get("resourceAttributes") if isinstance(review, dict) else None
+        if isinstance(review, dict) and (review.get("spec") or {}).get("nonResourceAttributes"):
+            review["status"] = {"allowed": True}  # discovery and health paths are open to every authenticated user here
+            return _json(review, 201)
+        if not isinstance(attrs, dict):
+            raise ApiError(422, "Invalid", "SelfSubjectAccessReview.authorization.k8s.io is invalid: spec.resourceAttributes: Required value")
+        target = next((r for r in self.s.resources.values()
+                       if r.group == attrs.get("group", "") and r.plural == attrs.get("resource")), None)
+        allowed = target is not None and self.s.authorizer.allowed(
+            user, attrs.get("verb", ""), target, attrs.get("namespace") or None, attrs.get("name") or None, attrs.get("subresource") or None)
+        review["status"] = {"allowed": allowed}
+        review.setdefault("metadata", {})["creationTimestamp"] = None
+        return _json(review, 201)
 
     def _authorize(self, user: User, verb: str, res: Resource, namespace: str | None, name: str | None, sub: str | None) -> None:
         if self.s.authorizer.allowed(user, verb, res, namespace, name, sub):

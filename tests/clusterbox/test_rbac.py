@@ -104,3 +104,17 @@ def test_an_apply_that_creates_needs_create_as_well_as_patch(box: ClusterBox, ap
         assert r.status_code == 403 and 'cannot create resource "deployments"' in r.json()["message"]
         api.post(DEPLOY, json=deployment("web"))
         assert sa.patch(f"{DEPLOY}/web", content=body, headers=apply, params={"fieldManager": "infernetes"}).status_code == 200
+
+
+def test_kubectl_auth_can_i_answers_from_the_stored_rules(box: ClusterBox, api: httpx.Client, tmp_path: Any) -> None:
+    import subprocess
+    from .conftest import KUBECTL
+    _grant(api, "read", [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list"]}])
+    config = box.write_kubeconfig(tmp_path / "kubeconfig", token=box.token_for("default", "operator"))
+
+    def can_i(*args: str) -> str:
+        return subprocess.run([KUBECTL, "--kubeconfig", str(config), "auth", "can-i", *args],
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+    assert can_i("list", "deployments") == "yes"
+    assert can_i("delete", "deployments") == "no"
+    assert can_i("list", "deployments", "-n", "kube-system") == "no"
