@@ -79,3 +79,40 @@ def test_the_cluster_gateway_sends_the_token_from_its_environment(monkeypatch):
     assert runtime._probe.headers["Authorization"] == "Bearer cluster-secret"
     monkeypatch.delenv(AUTH_TOKEN_ENV)
     assert "Authorization" not in KubeRuntime(None, "search", OperatorSettings()).router.headers  # type: ignore[arg-type]
+
+
+def _render(values: dict) -> list[dict]:
+    from pathlib import Path
+
+    import helm_python
+    import yaml
+
+    chart = helm_python.Chart.load(Path(__file__).resolve().parents[2] / "helm" / "infernetes")
+    out = chart.render(values, name="infernetes", namespace="infernetes-system", is_install=True)
+    return [d for name, text in out.items() if not name.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+
+
+def test_the_chart_shares_one_credential_between_the_gateway_and_the_workers():
+    import yaml
+
+    docs = _render({"watchNamespaces": ["search", "ingest"], "gateway": {"namespace": "search"},
+                    "workers": {"credential": {"enabled": True}}})
+    secrets = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "infernetes-worker-credential"]
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["infernetes-system", "ingest", "search"]
+    tokens = {s["stringData"]["token"] for s in secrets}
+    assert len(tokens) == 1 and len(tokens.pop()) == 48
+    for s in secrets:
+        kubernetes_validate.validate(s, "1.37", strict=True)
+    (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    settings = OperatorSettings(**yaml.safe_load(config["data"]["operator.yaml"]))
+    assert settings.worker_credential_secret == "infernetes-worker-credential"
+    (operator,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": AUTH_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "infernetes-worker-credential",
+                                                                   "key": "token"}}} in env
+    # Off (the default), and never cluster-wide: no Secret, no setting.
+    for values in ({}, {"clusterWide": True, "workers": {"credential": {"enabled": True}}}):
+        docs = _render(values)
+        assert not [d for d in docs if d["metadata"]["name"] == "infernetes-worker-credential"]
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert yaml.safe_load(config["data"]["operator.yaml"])["worker_credential_secret"] is None

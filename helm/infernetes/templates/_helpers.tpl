@@ -54,3 +54,10 @@ app.kubernetes.io/component: operator
 {{- $pvc := .Values.modelCache.persistentVolumeClaim -}}
 {{- if $pvc.enabled -}}{{ default (printf "%s-models" (include "infernetes.fullname" .)) $pvc.existingClaim }}{{- end -}}
 {{- end -}}
+
+{{/* The Secret (key `token`) holding the credential workers demand from the gateway; empty when off. */}}
+{{- define "infernetes.workerCredentialSecret" -}}
+{{- if and .Values.workers.credential.enabled (not .Values.clusterWide) -}}
+{{- printf "%s-worker-credential" (include "infernetes.fullname" .) -}}
+{{- end -}}
+{{- end -}}
