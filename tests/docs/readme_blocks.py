@@ -123,7 +123,8 @@ def shell_comment_outputs(code: str) -> list[str]:
 
 # -- comparing shown output with real output -----------------------------------------------------
 
-_TOKEN = re.compile(r"\.\.\.|…|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\S")
+# A number stands alone: digits inside a word ("l6", a hex id like "8e400f") are characters like the others.
+_TOKEN = re.compile(r"\.\.\.|…|(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])|\S")
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _tokens(text: str, *, pattern: bool) -> list[object]:
             mantissa = tok.split("e")[0].split("E")[0]
             decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
             exponent = int(re.split("[eE]", tok)[1]) if re.search("[eE]", tok) else 0
-            tolerance = 10.0 ** (exponent - decimals) if decimals or exponent else 0.0
+            tolerance = 10.0 ** max(-300, min(300, exponent - decimals)) if decimals or exponent else 0.0
             out.append(_Num(float(tok), tolerance))
         else:
             out.append(tok)

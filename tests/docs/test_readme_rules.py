@@ -109,3 +109,10 @@ def test_every_block_parses_even_those_not_run():
         else:
             proc = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
             assert proc.returncode == 0, f"README.md line {block.line}: {proc.stderr}"
+
+
+def test_digits_inside_words_are_not_numbers():
+    # A hex id such as a Cohere response id: "8e400f" is not 8 x 10^400.
+    assert matches('{"id":...,"n":1}', '{"id":"8e400f1a-2b","n":1}')
+    assert not matches('{"id":"8e400f"}', '{"id":"8e400e"}')
+    assert matches('{"x":1e-3}', '{"x":0.001}')
