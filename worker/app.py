@@ -90,7 +90,7 @@ class GatewayOnly:
                              {"WWW-Authenticate": "Bearer"})
         elif self.token is not None and not hmac.compare_digest(given or b"", self.token):
             refusal = _error(403, "security_exception", "wrong credential: only the gateway may call a worker")
-        elif length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+        elif length is not None and (not (length.isascii() and length.isdigit()) or int(length) > self.max_body_bytes):
             refusal = _too_large(self.max_body_bytes)
         if refusal is not None:
             await refusal(scope, receive, send)

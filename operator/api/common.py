@@ -109,7 +109,7 @@ def int_param(request: Request, name: str, body: dict[str, Any] | None = None) -
 
 async def read_json(request: Request, max_bytes: int, *, required: bool = True) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes; at most {max_bytes} bytes are accepted")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -62,7 +62,7 @@ async def infer(service: InferenceService, request: Request, inference_id: str, 
     status, content, headers = result
     raise_for_status(status, content, headers)
     tokens = headers.get(TOKENS_HEADER)
-    return orjson.loads(content), int(tokens) if tokens and tokens.isdigit() else None
+    return orjson.loads(content), int(tokens) if tokens and tokens.isascii() and tokens.isdigit() else None
 
 
 async def worker_json(service: InferenceService, ep: Endpoint, path: str, data: dict[str, Any],

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from helpers import ServerThread
+from helpers import ServerThread, put_endpoint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infernetes.operator.api.errors import family
 from infernetes.operator.embedded import EmbeddedOptions
+from infernetes.worker.modelstore import ModelStore
 
 COUNTS = {"schemathesis_cases": 0, "hypothesis_bodies": 0, "hostile_requests": 0, "server_errors": 0}
 
@@ -48,10 +49,18 @@ def check(response_status: int, json_body, figures_key: str, path: str = "/") ->
         assert_protocol_error(path, response_status, json_body)
 
 
+TARGET = "fuzz-target"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The real gateway on loopback, with no models (nothing valid can start a worker)."""
-    with ServerThread(tmp_path_factory.mktemp("fuzz"), EmbeddedOptions(allow_download=False)) as srv:
+def server(tmp_path_factory, tiny_model_dir):
+    """The real gateway on loopback with one real (tiny) model and one endpoint serving it, so that requests
+    about an existing endpoint or model reach the code past the "not found" checks."""
+    data_dir = tmp_path_factory.mktemp("fuzz")
+    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
+    with ServerThread(data_dir, EmbeddedOptions(allow_download=False)) as srv:
+        with srv.client(timeout=60) as c:
+            assert put_endpoint(c, "text_embedding", TARGET, "tiny").status_code == 200
         yield srv
 
 
@@ -119,14 +128,77 @@ BODIES = st.fixed_dictionaries(
 )
 
 
+def listed(client) -> list[str]:
+    # The user's endpoints: Elasticsearch's default endpoints (ids starting with ".") are always listed.
+    return [e["inference_id"] for e in client.get("/_inference").json()["endpoints"]
+            if not e["inference_id"].startswith(".")]
+
+
+UPDATE_BODIES = st.fixed_dictionaries({}, optional={
+    "service_settings": JSON | st.dictionaries(st.sampled_from(SETTINGS_KEYS), JSON, max_size=3),
+    "task_settings": JSON,
+    "chunking_settings": JSON,
+    "service": JSON,
+})
+
+
+def test_hypothesis_update_bodies_on_a_live_endpoint(client):
+    """`_update` of an endpoint that exists: bodies reach the update's own validation (not a 404)."""
+    before = client.get(f"/_inference/{TARGET}").json()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=UPDATE_BODIES | JSON)
+    def attempt(body):
+        resp = client.put(f"/_inference/text_embedding/{TARGET}/_update", json=body)
+        check(resp.status_code, resp.json(), "hypothesis_bodies")
+        if resp.status_code == 200:  # a valid update: put the endpoint back as it was
+            client.put(f"/_inference/text_embedding/{TARGET}/_update",
+                       json={"service_settings": {"num_allocations": 1}, "task_settings": {}})
+        assert listed(client) == [TARGET]
+
+    attempt()
+    attempt_d6 = [{"task_settings": "x"}, {"task_settings": [["a", 1]]}, {"service_settings": [1]}]
+    for body in attempt_d6:  # the cases a review found answering 500 TypeError
+        resp = client.put(f"/_inference/text_embedding/{TARGET}/_update", json=body)
+        check(resp.status_code, resp.json(), "hypothesis_bodies")
+        assert resp.status_code == 400, resp.text
+    assert client.get(f"/_inference/{TARGET}").json()["endpoints"][0]["service_settings"]["model_id"] == \
+        before["endpoints"][0]["service_settings"]["model_id"]
+
+
+START_KEYS = ["deployment_id", "number_of_allocations", "threads_per_allocation", "queue_capacity", "priority",
+              "wait_for", "timeout", "adaptive_allocations", "cache_size"]
+
+
+def test_hypothesis_start_bodies_on_an_installed_model(client):
+    """`_start` of a model that is installed: body values of every type reach the parameter checks."""
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=st.dictionaries(st.sampled_from(START_KEYS), JSON, max_size=3) | JSON)
+    def attempt(body):
+        resp = client.post("/_ml/trained_models/tiny/deployment/_start?timeout=20s", json=body)
+        check(resp.status_code, resp.json(), "hypothesis_bodies")
+        if resp.status_code == 200:
+            deployment = resp.json()["assignment"]["task_parameters"]["deployment_id"]
+            assert client.post(f"/_ml/trained_models/{deployment}/deployment/_stop?force=true").status_code == 200
+
+    attempt()
+    for body in ({"deployment_id": 5}, {"deployment_id": ["a"]}, {"number_of_allocations": 1.5},
+                 {"number_of_allocations": "1.5"}):
+        resp = client.post("/_ml/trained_models/tiny/deployment/_start", json=body)
+        check(resp.status_code, resp.json(), "hypothesis_bodies")
+        assert resp.status_code == 400, (body, resp.text)
+
+
 def test_hypothesis_put_bodies(client):
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(body=BODIES, task=st.sampled_from(["text_embedding", "sparse_embedding", "rerank", "completion"]))
     def attempt(body, task):
         resp = client.put(f"/_inference/{task}/fuzzed", json=body)
         check(resp.status_code, resp.json(), "hypothesis_bodies")
-        # Nothing here can exist (no models are installed): whatever was refused created nothing.
-        assert client.get("/_inference").json() == {"endpoints": []}
+        # Only "tiny" is installed and "fuzzed" never exists after a refusal; a valid body is removed again.
+        if resp.status_code == 200:
+            assert client.delete(f"/_inference/{task}/fuzzed").status_code == 200
+        assert listed(client) == [TARGET]
 
     attempt()
 
@@ -148,6 +220,9 @@ HOSTILE = [
     ("POST", "/_ml/trained_models/..%2F..%2Fetc/deployment/_start", b'', None),
     ("GET", "/_ml/trained_models/%00/_stats", b'', None),
     ("PUT", "/_inference/text_embedding/" + "a" * 5000, b'{}', None),
+    # "¹".isdigit() is true but int("¹") raises: found by the fuzzer as a 500
+    ("PUT", "/_ml/trained_models/fuzzed-model/definition/%C2%B9", b'{"definition": "AA==", "total_parts": 1, '
+     b'"total_definition_length": 1}', None),
 ]
 
 
@@ -158,5 +233,5 @@ def test_hostile_values(client, server, method, path, body, expected):
     assert resp.status_code >= 400
     if expected is not None:
         assert resp.status_code == expected, resp.text
-    assert client.get("/_inference").json() == {"endpoints": []}
+    assert listed(client) == [TARGET]
     assert not list(Path(server.data_dir).rglob("passwd"))
