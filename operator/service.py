@@ -34,6 +34,7 @@ from .errors import (
     ValidationFailed,
 )
 from .locks import KeyedLocks
+from .default_endpoints import DEFAULTS, default_body, is_default, reserved_delete, reserved_put
 from .records import Deployment, Endpoint
 from .runtime import DeploymentStatus, Runtime
 from pydantic import ValidationError
@@ -148,6 +149,8 @@ class InferenceService:
         if hit is not None and now - hit[0] < self.CACHE_SECONDS:
             return hit[1], hit[2]
         ep = await self.store.get_endpoint(inference_id)
+        if ep is None and is_default(inference_id):
+            ep = await self._create_default(inference_id)
         if ep is None:
             self._cache.pop(inference_id, None)
             raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
@@ -157,6 +160,18 @@ class InferenceService:
         self._cache[inference_id] = (now, ep, spec)
         return ep, spec
 
+    async def _create_default(self, inference_id: str) -> Endpoint | None:
+        """A default endpoint on first use: created with its deployment (adaptive allocations from 0)."""
+        task, _model = DEFAULTS[inference_id]
+        try:
+            await self.put_endpoint(task, inference_id, default_body(inference_id), self.DEFAULT_START_SECONDS,
+                                    reserved=True)
+        except ResourceAlreadyExists:  # another request created it meanwhile
+            pass
+        return await self.store.get_endpoint(inference_id)
+
+    DEFAULT_START_SECONDS = 300.0
+
     def _forget(self, *inference_ids: str) -> None:
         for inference_id in inference_ids:
             self._cache.pop(inference_id, None)
@@ -164,7 +179,6 @@ class InferenceService:
     async def restore(self) -> None:
         """Bring every stored deployment back (after a restart of the server). One that cannot start (it no
         longer fits the machine, or its start fails) is marked failed with the reason; the others serve."""
-        return  # MUTATION
         restored: list[Deployment] = []
         for dep in await self.store.list_deployments():
             try:
@@ -199,8 +213,10 @@ class InferenceService:
     # -- endpoints ------------------------------------------------------------------------------
 
     async def put_endpoint(
-        self, task_type: str | None, inference_id: str, body: Any, timeout: float
+        self, task_type: str | None, inference_id: str, body: Any, timeout: float, *, reserved: bool = False
     ) -> dict[str, Any]:
+        if is_default(inference_id) and not reserved:
+            raise BadRequest(reserved_put(inference_id))
         task_type = task_type or await self._task_from_body(body)
         spec = parse_endpoint(task_type, inference_id, body)
         async with self._hold(timeout, _ep(inference_id), _dep(spec.deployment_id)):
@@ -311,11 +327,17 @@ class InferenceService:
             validate_task_type(task_type)
         if inference_id is not None and inference_id not in ("_all", "*"):
             ep = await self.store.get_endpoint(inference_id)
+            if ep is None and is_default(inference_id):
+                ep = _default_endpoint(inference_id)
             if ep is None or (task_type is not None and ep.task_type != task_type):
                 raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
             endpoints = [ep]
         else:
             endpoints = [e for e in await self.store.list_endpoints() if task_type in (None, e.task_type)]
+            stored = {e.inference_id for e in endpoints}
+            endpoints += [_default_endpoint(i) for i, (task, _m) in DEFAULTS.items()
+                          if i not in stored and task_type in (None, task) and await self.store.get_endpoint(i) is None]
+            endpoints.sort(key=lambda e: e.inference_id)
         out = []
         for ep in endpoints:
             dep = await self.store.get_deployment(ep.deployment_id)
@@ -325,6 +347,8 @@ class InferenceService:
     async def delete_endpoint(
         self, inference_id: str, task_type: str | None = None, *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
+        if is_default(inference_id):
+            raise BadRequest(reserved_delete(inference_id))
         ep = await self.store.get_endpoint(inference_id)
         if ep is None:
             raise ResourceNotFound(f"Inference endpoint not found [{inference_id}]")
@@ -744,6 +768,13 @@ class InferenceService:
         entry["deployment_stats"] = deployment_stats(dep, status, nodes)
         entry["inference_stats"]["inference_count"] = entry["deployment_stats"]["inference_count"]
         return entry
+
+
+def _default_endpoint(inference_id: str) -> Endpoint:
+    """A default endpoint not created yet, as GET shows it (no deployment until first use)."""
+    task, _model = DEFAULTS[inference_id]
+    return Endpoint(inference_id=inference_id, task_type=task, deployment_id=inference_id,
+                    body=default_body(inference_id))
 
 
 def deployment_for(spec: EndpointSpec, queue_capacity: int) -> Deployment:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from .default_endpoints import DEFAULTS
 from .errors import BadRequest, ValidationFailed
 
 TaskType = Literal["text_embedding", "sparse_embedding", "rerank"]
@@ -420,6 +421,8 @@ class EndpointSpec:
 
 
 def validate_inference_id(inference_id: str) -> None:
+    if inference_id in DEFAULTS:  # Elasticsearch's default endpoints: reserved ids, created by the service only
+        return
     if len(inference_id) > MAX_ID_LENGTH or not INFERENCE_ID_RE.match(inference_id):
         raise ValidationFailed(
             [

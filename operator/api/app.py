@@ -70,9 +70,9 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
     errors.install(app)
 
     app.include_router(operations.router(settings, metrics, extra_registries))
+    app.include_router(trained_models.router(service, settings))
     app.include_router(inference.router(service, settings))
     app.include_router(ml.router(service, settings))
-    app.include_router(trained_models.router(service, settings))
     app.include_router(openai.router(service, settings))
     app.include_router(cohere.router(service, settings))
     app.include_router(tei.router(service, settings))

@@ -5,7 +5,8 @@ TorchScript file), ``.../vocabulary``, ``DELETE _ml/trained_models/{id}`` and
 ``POST _ml/trained_models/{id}/_infer`` (also ``/deployment/_infer``). Uploads are kept by
 :class:`~infernetes.worker.elastic_format.Uploads` beside the model store; a model becomes usable
 (``fully_defined``) once config, all parts and vocabulary are in. ``text_expansion`` models serve
-our ``sparse_embedding`` task and ``text_similarity`` models ``rerank``.
+our ``sparse_embedding`` task and ``text_similarity`` models ``rerank``. ``GET _inference/_services``
+describes the ``elasticsearch`` service these models are used through.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from ..errors import (
     StatusError,
     ValidationFailed,
 )
+from ..default_endpoints import services
 from ..service import InferenceService
+from ..spec import validate_task_type
 from ..timevalue import parse_time
 from .common import BOOL, TIMEOUT, GatewaySettings, flag, json_body, json_response, query_params, read_json
 
@@ -92,7 +95,7 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
     @api.put("/_ml/trained_models/{model_id}/definition/{part}", openapi_extra=_PART_BODY,
              summary="Upload one part of a model's definition (base64)")
     async def put_part(request: Request, model_id: str, part: str) -> Response:
-        if not part.lstrip("-").isdigit():
+        if not (part.lstrip("-").isascii() and part.lstrip("-").isdigit()):
             raise BadRequest(f"[part] must be an integer, got [{part}]")
         body = await read_json(request, settings.max_body_bytes)
         await run(uploads.put_part, model_id, int(part), body)
@@ -122,6 +125,17 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
             await service.stop_deployment(dep.deployment_id, force=True)
         await run(service.catalog.store.remove, model_id)
         return json_response(request, {"acknowledged": True})
+
+    # Registered before the _inference router, whose GET _inference/{inference_id} would take "_services".
+    @api.get("/_inference/_services", tags=["inference"], summary="The inference services and their settings")
+    async def inference_services(request: Request) -> Response:
+        return json_response(request, services())
+
+    @api.get("/_inference/_services/{task_type}", tags=["inference"],
+             summary="The inference services of one task type")
+    async def inference_services_of(request: Request, task_type: str) -> Response:
+        validate_task_type(task_type)
+        return json_response(request, [s for s in services() if task_type in s["task_types"]])
 
     async def infer(request: Request, model_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes)

@@ -65,7 +65,9 @@ def test_put_response_echoes_resolved_settings(client, minilm_endpoint):
     assert minilm_endpoint in [e["inference_id"] for e in listed]
     by_type = client.get("/_inference/text_embedding").json()["endpoints"]
     assert minilm_endpoint in [e["inference_id"] for e in by_type]
-    assert client.get("/_inference/rerank").json()["endpoints"] == []
+    # Only the default endpoint (Elasticsearch's .rerank-v1-elasticsearch) is a rerank endpoint here.
+    assert [e["inference_id"] for e in client.get("/_inference/rerank").json()["endpoints"]] == [
+        ".rerank-v1-elasticsearch"]
 
 
 def test_embeddings_are_real(client, minilm_endpoint):
