@@ -34,7 +34,7 @@ def splade_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reranker_dir(tmp_path_factory: pytest.TempPathFactory, splade_dir: Path) -> Path:
-    """A small cross-encoder trained once per test session (about 20 s on 2 cores)."""
+    """A small cross-encoder trained once per test session (300 steps on one thread, about 30 s of CPU time)."""
     return train_reranker(splade_dir, tmp_path_factory.mktemp("models") / "reranker")
 
 
