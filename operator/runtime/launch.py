@@ -124,6 +124,9 @@ class Zygote:
         parent.setblocking(False)
         self.sock = parent
         self.ready = asyncio.get_running_loop().create_future()
+        # Launches wait on it through shield(); if they were all cancelled (a DELETE while the model loads), its
+        # failure has no reader: mark it read, instead of "Future exception was never retrieved" in the log.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._reader = asyncio.create_task(self._read(parent, self.proc, self.ready))
 
     async def _read(self, sock: socket.socket, proc: asyncio.subprocess.Process, ready: asyncio.Future[None]) -> None:
