@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..worker.chunking import SEPARATOR_GROUPS
 from .default_endpoints import DEFAULTS
 from .errors import BadRequest, ValidationFailed
 
@@ -199,7 +200,7 @@ class TaskSettings(_Settings):
     )
 
 
-ChunkingStrategy = Literal["sentence", "word", "none"]
+ChunkingStrategy = Literal["sentence", "word", "none", "recursive"]
 
 
 class ChunkingSettings(_Settings):
@@ -228,10 +229,17 @@ class ChunkingSettings(_Settings):
              "[sentence_overlap] is only applicable to the [sentence] chunking strategy"),
         rule("!has(self.sentence_overlap) || self.sentence_overlap in [0, 1]",
              "[sentence_overlap] must be 0 or 1"),
+        rule("self.strategy != 'recursive' || !has(self.max_chunk_size) || "
+             "(self.max_chunk_size >= 10 && self.max_chunk_size <= 300)",
+             "[max_chunk_size] must be between 10 and 300 for the [recursive] chunking strategy"),
+        rule("self.strategy == 'recursive' || (!has(self.separators) && !has(self.separator_group))",
+             "[separators] and [separator_group] are only applicable to the [recursive] chunking strategy"),
+        rule("!has(self.separators) || !has(self.separator_group)",
+             "only one of [separators] and [separator_group] may be given"),
     ]
 
     strategy: ChunkingStrategy = Field(
-        description="The chunking strategy: sentence, word, or none (one chunk per input)."
+        description="The chunking strategy: sentence, word, recursive, or none (one chunk per input)."
     )
     max_chunk_size: int | None = Field(
         None,
@@ -255,17 +263,39 @@ class ChunkingSettings(_Settings):
             "strategy. It can be either 1 or 0."
         ),
     )
+    separators: list[str] | None = Field(
+        None, min_length=1,
+        description="recursive strategy: regular expressions to split at, tried in order (or separator_group).",
+    )
+    separator_group: Literal["plaintext", "markdown"] | None = Field(
+        None, description="recursive strategy: a predefined list of separators (default plaintext)."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> ChunkingSettings:
         errors: list[str] = []
         size, strategy = self.max_chunk_size, self.strategy
+        if strategy != "recursive":
+            for name in ("separators", "separator_group"):
+                if getattr(self, name) is not None:
+                    errors.append(f"[{name}] is only applicable to the [recursive] chunking strategy")
+        else:
+            if self.separators is not None and self.separator_group is not None:
+                errors.append("only one of [separators] and [separator_group] may be given")
+            for name in ("overlap", "sentence_overlap"):
+                if getattr(self, name) is not None:
+                    errors.append(f"[{name}] is not applicable to the [recursive] chunking strategy")
+            for sep in self.separators or []:
+                try:
+                    re.compile(sep)
+                except re.error as exc:
+                    errors.append(f"[separators] holds an invalid regular expression [{sep}]: {exc}")
         if strategy == "none":
             for name in ("max_chunk_size", "overlap", "sentence_overlap"):
                 if getattr(self, name) is not None:
                     errors.append(f"[{name}] is not applicable to the [none] chunking strategy")
         else:
-            low = 20 if strategy == "sentence" else 10
+            low = 20 if strategy == "sentence" else 10  # word and recursive: 10
             if size is None:
                 errors.append("[chunking_settings] does not contain the required setting [max_chunk_size]")
             elif not low <= size <= 300:
@@ -295,6 +325,9 @@ class ChunkingSettings(_Settings):
             return {"strategy": "none"}
         if self.strategy == "word":
             return {"strategy": "word", "max_chunk_size": self.max_chunk_size, "overlap": self.overlap}
+        if self.strategy == "recursive":
+            separators = self.separators or SEPARATOR_GROUPS[self.separator_group or "plaintext"]
+            return {"strategy": "recursive", "max_chunk_size": self.max_chunk_size, "separators": list(separators)}
         overlap = 1 if self.sentence_overlap is None else self.sentence_overlap
         return {"strategy": "sentence", "max_chunk_size": self.max_chunk_size, "sentence_overlap": overlap}
 

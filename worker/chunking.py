@@ -11,6 +11,10 @@ Python character but two Java ones, so offsets go out through :func:`utf16_index
   ``sentence_overlap: 1`` each chunk starts with the last sentence of the one before. A sentence
   longer than ``max_chunk_size`` words is split into word windows.
 - ``none``: the whole input is one chunk.
+- ``recursive`` (Elasticsearch 9.1+): split at ``separators`` (regular expressions, or a
+  ``separator_group``: ``plaintext`` splits at paragraphs then lines, ``markdown`` at headings then
+  horizontal rules), merging neighbouring pieces up to ``max_chunk_size`` words; a piece still too
+  long is split at the next separator, and past the last one into sentences.
 """
 
 from __future__ import annotations
@@ -111,11 +115,60 @@ def sentence_chunks(text: str, max_chunk_size: int, sentence_overlap: int) -> li
     return chunks
 
 
+# Elasticsearch's separator groups for the recursive strategy (regular expressions, tried in order).
+SEPARATOR_GROUPS: dict[str, list[str]] = {
+    "plaintext": [r"(?<!\n)\n\n(?!\n)", r"(?<!\n)\n(?!\n)"],
+    "markdown": [r"\n# ", r"\n## ", r"\n### ", r"\n#### ", r"\n##### ", r"\n###### ",
+                 r"\n^(?!\s*$).*\n\*{3,}\n", r"\n^(?!\s*$).*\n-{3,}\n", r"\n^(?!\s*$).*\n_{3,}\n"],
+}
+
+
+def recursive_chunks(text: str, max_chunk_size: int, separators: list[str]) -> list[Chunk]:
+    """Split at the first separator; merge neighbouring pieces up to ``max_chunk_size`` words; split a piece
+    still too long at the next separator; past the last one, fall back to sentence chunks."""
+    patterns = [re.compile(p, re.MULTILINE) for p in separators]
+
+    def count(start: int, end: int) -> int:
+        return len(_words(text, start, end))
+
+    def split(start: int, end: int, level: int) -> list[Chunk]:
+        if count(start, end) <= max_chunk_size:
+            return [Chunk(start, end)]
+        if level >= len(patterns):
+            return [Chunk(start + c.start, start + c.end)
+                    for c in sentence_chunks(text[start:end], max_chunk_size, 0)]
+        # A piece ends where the next separator match starts (the separator opens the next piece).
+        cuts = [m.start() for m in patterns[level].finditer(text, start, end) if start < m.start() < end]
+        if not cuts:
+            return split(start, end, level + 1)
+        bounds = [start, *cuts, end]
+        pieces = list(zip(bounds, bounds[1:]))
+        out: list[Chunk] = []
+        i = 0
+        while i < len(pieces):
+            j, words = i, 0
+            while j < len(pieces) and words + count(*pieces[j]) <= max_chunk_size:
+                words += count(*pieces[j])
+                j += 1
+            if j == i:  # one piece too long on its own: the next separator splits it
+                out += split(pieces[i][0], pieces[i][1], level + 1)
+                i += 1
+            else:
+                out.append(Chunk(pieces[i][0], pieces[j - 1][1]))
+                i = j
+        return out
+
+    return [c for c in split(0, len(text), 0) if c.end > c.start] or [Chunk(0, len(text))]
+
+
 def chunk(text: str, settings: dict[str, Any]) -> list[Chunk]:
     strategy = settings.get("strategy", "sentence")
     if strategy == "none":
         return [Chunk(0, len(text))]
     size = int(settings.get("max_chunk_size") or 250)
+    if strategy == "recursive":
+        separators = settings.get("separators") or SEPARATOR_GROUPS[settings.get("separator_group") or "plaintext"]
+        return recursive_chunks(text, size, list(separators))
     if strategy == "word":
         return word_chunks(text, size, int(settings.get("overlap") or 0))
     overlap = settings.get("sentence_overlap")

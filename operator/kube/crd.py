@@ -45,6 +45,11 @@ def field_schema(field: FieldInfo) -> dict[str, Any]:
         out = {"type": "integer"}
     elif ann is str:
         out = {"type": "string"}
+    elif typing.get_origin(ann) is list and typing.get_args(ann) == (str,):
+        out = {"type": "array", "items": {"type": "string"}}
+        for meta in field.metadata:
+            if getattr(meta, "min_length", None) is not None:
+                out["minItems"] = meta.min_length
     else:
         raise TypeError(f"no CRD schema for {ann!r}")
     for meta in field.metadata:
