@@ -307,6 +307,9 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
             return _error(400, "status_exception", str(exc), background=trim)
         except Cancelled:
             return _gone(ticket, trim)
+        except Exception as exc:  # a bug in chunking must not answer with a bare 500
+            log.exception("could not prepare the request")
+            return _error(500, "status_exception", f"inference failed: {type(exc).__name__}: {exc}", background=trim)
         ticket.job = job
         if ticket.cancelled:
             return _gone(ticket, trim)
