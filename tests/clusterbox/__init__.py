@@ -24,7 +24,7 @@ API, with structural validation, defaulting, pruning, CEL rules (transition rule
 the status and scale subresources; finalizers and deletionTimestamp, owner-reference garbage
 collection (background, foreground, orphan) and namespace deletion; RBAC from the stored Roles,
 ClusterRoles and bindings, with bearer tokens for an admin and for ServiceAccounts, and OpenShift's
-blockOwnerDeletion admission; watches with bookmarks, resumption, 410 after compaction; injected
+blockOwnerDeletion admission, and SelfSubjectAccessReview (`kubectl auth can-i`); watches with bookmarks, resumption, 410 after compaction; injected
 faults (429 with Retry-After, 500, slow answers, dropped watch streams); discovery and OpenAPI v3
 documents (the real Kubernetes schemas from kubernetes-validate, so `kubectl explain` works) over
 TLS with a self-signed CA (kubectl sends tokens only over TLS); server-side printing of custom
@@ -38,7 +38,8 @@ of built-in kinds (kubectl prints NAME and AGE only); built-in defaulting (e.g. 
 protocol) and most of the built-in kinds' hand-written validation (the schema's types and required
 fields are checked); CRD version conversion and validation ratcheting; protobuf bodies, so the
 `kubectl create configmap|secret|deployment ...` generators fail (`kubectl create -f` and `apply`
-work); SelfSubjectAccessReview (`kubectl auth can-i`); Pod logs, exec and port-forward.
+work; `kubectl auth can-i` works: its one protobuf body is decoded); impersonation (`--as`);
+Pod logs, exec and port-forward.
 """
 
 from .box import ClusterBox
