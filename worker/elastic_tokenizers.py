@@ -120,7 +120,7 @@ def check_vocabulary(kind: str, vocab: dict[str, Any]) -> None:
 
 def build_tokenizer(tokenization: Tokenization, vocab: dict[str, Any]) -> Any:
     """A ``tokenizers.Tokenizer`` that splits text and adds special tokens as the model was traced with."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     kind, s = tokenization.kind, tokenization.settings
     check_vocabulary(kind, vocab)
@@ -141,7 +141,8 @@ def build_tokenizer(tokenization: Tokenization, vocab: dict[str, Any]) -> Any:
     else:  # SentencePiece Unigram: xlm_roberta, deberta_v2
         scored = [(w, float(sc)) for w, sc in zip(words, vocab["scores"])]
         tok = Tokenizer(models.Unigram(scored, unk_id=ids[unk], byte_fallback=False))
-        steps = [normalizers.NFKC(), normalizers.Replace(" {2,}", " ")]
+        # SentencePiece's nmt_nfkc, less its precompiled character map (not part of an uploaded vocabulary).
+        steps = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
         if kind == "deberta_v2" and s.get("do_lower_case"):
             steps.append(normalizers.Lowercase())
         tok.normalizer = normalizers.Sequence(steps)

@@ -123,3 +123,50 @@ def test_bad_tokenization_configs(raw, reason):
 def test_vocabularies_missing_what_the_kind_needs(kind, vocab, reason):
     with pytest.raises(TokenizationError, match=re.escape(reason)):
         check_vocabulary(kind, vocab)
+
+
+@pytest.fixture(scope="module")
+def unigram() -> list[tuple[str, float]]:
+    """A small SentencePiece Unigram vocabulary (token, score), as Eland uploads for XLM-RoBERTa and DeBERTa-v2."""
+    import json
+
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    corpus = ["the sky is up there", "don't stop believing", "Über naïve café", "what causes the northern lights",
+              "How do I bake bread at home?"] * 30
+    trainer = SentencePieceUnigramTokenizer()
+    trainer.train_from_iterator(corpus, vocab_size=120, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                show_progress=False)
+    return [tuple(x) for x in json.loads(trainer.to_str())["model"]["vocab"]]
+
+
+UNIGRAM_TEXTS = ["the sky is up", "Über café  lights", "How   do I bake?", "zzz qqq"]
+
+
+def test_xlm_roberta_matches_hugging_face(unigram):
+    from transformers import XLMRobertaTokenizer
+
+    hf = XLMRobertaTokenizer(vocab=unigram)
+    et = ElasticTokenizer(parse_tokenization({"xlm_roberta": {"max_sequence_length": 64}}),
+                          {"vocabulary": [w for w, _ in unigram], "scores": [s for _, s in unigram]})
+    features, _ = et.encode(UNIGRAM_TEXTS)
+    assert features["input_ids"].tolist() == hf(UNIGRAM_TEXTS, padding=True, return_tensors="pt")["input_ids"].tolist()
+    pair, _ = et.encode([("q one", "d two")])
+    assert pair["input_ids"][0].tolist() == hf(["q one"], ["d two"])["input_ids"][0]
+
+
+def test_deberta_v2_matches_hugging_face(unigram):
+    from transformers import DebertaV2Tokenizer
+
+    vocab = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0)] + [
+        x for x in unigram if x[0] not in ("<s>", "<pad>", "</s>", "<unk>")]
+    hf = DebertaV2Tokenizer(vocab=vocab, unk_id=3)
+    et = ElasticTokenizer(parse_tokenization({"deberta_v2": {"max_sequence_length": 64}}),
+                          {"vocabulary": [w for w, _ in vocab], "scores": [s for _, s in vocab]})
+    features, _ = et.encode(UNIGRAM_TEXTS)
+    assert features["input_ids"].tolist() == hf(UNIGRAM_TEXTS, padding=True, return_tensors="pt")["input_ids"].tolist()
+    assert set(features) == {"input_ids", "attention_mask", "token_type_ids"}  # what a DeBERTa trace takes
+    pair, _ = et.encode([("q one", "d two")])
+    want = hf(["q one"], ["d two"])
+    assert pair["input_ids"][0].tolist() == want["input_ids"][0]
+    assert pair["token_type_ids"][0].tolist() == want["token_type_ids"][0]
