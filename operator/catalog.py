@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..worker.download import Progress, builtin, canonical_id, offline_hint, pull
+from ..worker.elastic_format import Uploads
 from ..worker.elastic_repository import pull_elastic, repository_url
 from ..worker.modelstore import ModelInfo, ModelStore
 from .errors import BadRequest, ResourceNotFound
@@ -33,6 +34,12 @@ class ModelCatalog:
 
     def resolve(self, model_id: str) -> ModelInfo:
         info = self.get(model_id)
+        if info is None and Uploads(self.store).exists(model_id):
+            raise BadRequest(
+                f"Model [{model_id}] is not fully defined: upload the rest of its definition parts and its vocabulary "
+                f"(PUT _ml/trained_models/{model_id}/definition/<part>, PUT _ml/trained_models/{model_id}/vocabulary) "
+                "before using it"
+            )
         if info is None:
             if builtin(model_id) is not None:
                 raise ResourceNotFound(

@@ -71,7 +71,7 @@ def test_upload_start_infer_equals_the_original(client, tiny_elastic, tiny_model
     upload(client, "tiny-upload", tiny_elastic, order=order, vocab=False)
     assert config_of(client, "tiny-upload")["fully_defined"] is False
     resp = client.post("/_ml/trained_models/tiny-upload/deployment/_start")
-    assert resp.status_code == 404, resp.text
+    assert resp.status_code == 400 and "not fully defined" in es_error(resp)["reason"], resp.text
     resp = client.put("/_ml/trained_models/tiny-upload/vocabulary", json=vocab)
     assert resp.status_code == 200, resp.text
     got_config = config_of(client, "tiny-upload")
