@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batcher import Batcher, QueueFull
 from .config import WorkerSettings
+from .elastic_tokenizers import TokenizationError
 from .engine import Cancelled, Engine, InferRequest, Job, TooManyRows, engine_for
 from .metrics import WorkerMetrics
 from .modelstore import MANIFEST, ModelInfo
@@ -323,6 +324,8 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
                 f"(queue_capacity [{settings.queue_capacity}], pending [{state.batcher.pending}])",
                 {"Retry-After": "1"},
             )
+        except TokenizationError as exc:  # an input the model's tokenization refuses (truncate: none)
+            return _error(400, "status_exception", str(exc))
         except Exception as exc:
             return _error(500, "status_exception", f"inference failed: {type(exc).__name__}: {exc}")
         if job.cancelled:

@@ -178,3 +178,19 @@ def test_an_unfinished_upload_survives_a_restart(tmp_path, tiny_elastic):
         assert config_of(c, "restart-me")["fully_defined"] is False
         assert c.put("/_ml/trained_models/restart-me/vocabulary", json=vocab).status_code == 200
         assert config_of(c, "restart-me")["fully_defined"] is True
+
+
+def test_truncate_none_refuses_long_inputs(client, tiny_elastic):
+    data, config, vocab = tiny_elastic
+    strict = {**config, "inference_config": {"text_embedding": {
+        **config["inference_config"]["text_embedding"],
+        "tokenization": {"bert": {"do_lower_case": True, "max_sequence_length": 16, "truncate": "none"}}}}}
+    upload(client, "tiny-strict", (data, strict, vocab))
+    assert client.post("/_ml/trained_models/tiny-strict/deployment/_start").status_code == 200
+    ok = client.post("/_ml/trained_models/tiny-strict/_infer", json={"docs": [{"text_field": "short"}]})
+    assert ok.status_code == 200, ok.text
+    resp = client.post("/_ml/trained_models/tiny-strict/_infer",
+                       json={"docs": [{"text_field": "a much longer input than sixteen tokens " * 4}]})
+    assert resp.status_code == 400, resp.text
+    assert "exceeds the maximum sequence length [16]" in es_error(resp)["reason"]
+    assert client.delete("/_ml/trained_models/tiny-strict?force=true").status_code == 200
