@@ -74,7 +74,16 @@ def _es_error(exc: ElasticFormatError) -> InfernetesError:
 
 def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(tags=["ml"])
-    uploads = Uploads(service.catalog.store)
+    # The in-cluster gateway has no model store of its own (pods pull what they serve): no uploads there yet.
+    store = getattr(service.catalog, "store", None)
+    local = Uploads(store) if store is not None else None
+
+    def uploads_here() -> Uploads:
+        if local is None:
+            raise BadRequest("Uploading models (Eland) to the in-cluster gateway is not supported yet: upload to "
+                             "`infernetes serve`, or publish the model in Elastic's repository layout and set the "
+                             "model repository")
+        return local
 
     async def run(fn: Any, *args: Any) -> Any:
         """File work off the event loop, its errors in Elasticsearch's shapes."""
@@ -89,7 +98,7 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
              summary="Create a trained model from its config (then upload its definition and vocabulary)")
     async def put_config(request: Request, model_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes)
-        config = await run(uploads.create, model_id, body)
+        config = await run(uploads_here().create, model_id, body)
         return json_response(request, {**config, "created_by": "api_user", "fully_defined": False})
 
     @api.put("/_ml/trained_models/{model_id}/definition/{part}", openapi_extra=_PART_BODY,
@@ -98,19 +107,20 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
         if not (part.lstrip("-").isascii() and part.lstrip("-").isdigit()):
             raise BadRequest(f"[part] must be an integer, got [{part}]")
         body = await read_json(request, settings.max_body_bytes)
-        await run(uploads.put_part, model_id, int(part), body)
+        await run(uploads_here().put_part, model_id, int(part), body)
         return json_response(request, {"acknowledged": True})
 
     @api.put("/_ml/trained_models/{model_id}/vocabulary", openapi_extra=_VOCAB_BODY,
              summary="Upload a model's vocabulary")
     async def put_vocabulary(request: Request, model_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes)
-        await run(uploads.put_vocabulary, model_id, body)
+        await run(uploads_here().put_vocabulary, model_id, body)
         return json_response(request, {"acknowledged": True})
 
     @api.delete("/_ml/trained_models/{model_id}", summary="Delete a trained model",
                 openapi_extra=query_params(("force", "stop its deployments (and their endpoints) first", BOOL)))
     async def delete(request: Request, model_id: str) -> Response:
+        uploads = uploads_here()
         if await asyncio.to_thread(uploads.exists, model_id):
             await run(uploads.remove, model_id)
             return json_response(request, {"acknowledged": True})
@@ -123,7 +133,7 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
                            "use ?force=true")
         for dep in deployments:
             await service.stop_deployment(dep.deployment_id, force=True)
-        await run(service.catalog.store.remove, model_id)
+        await run(uploads.store.remove, model_id)
         return json_response(request, {"acknowledged": True})
 
     # Registered before the _inference router, whose GET _inference/{inference_id} would take "_services".
