@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import BadRequest, ResourceNotFound, ValidationFailed
+from ..records import Endpoint
 from ..service import InferenceService
 from ..timevalue import parse_time
 from . import protocol
@@ -106,19 +107,20 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
         return plain_json({"object": "list", "data": data, "model": model,
                            "usage": {"prompt_tokens": used, "total_tokens": used}})
 
-    def model_entry(ep: dict[str, Any]) -> dict[str, Any]:
-        return {"id": ep["inference_id"], "object": "model", "created": 0, "owned_by": "infernetes",
-                "task_type": ep["task_type"]}
+    def model_entry(ep: Endpoint) -> dict[str, Any]:
+        return {"id": ep.inference_id, "object": "model", "created": int(ep.created), "owned_by": "infernetes",
+                "task_type": ep.task_type}
 
     @api.get("/v1/models", summary="List the inference endpoints as OpenAI models")
     async def models() -> Response:
-        return plain_json({"object": "list", "data": [model_entry(ep) for ep in await service.get_endpoints()]})
+        endpoints = sorted(await service.store.list_endpoints(), key=lambda ep: ep.inference_id)
+        return plain_json({"object": "list", "data": [model_entry(ep) for ep in endpoints]})
 
     @api.get("/v1/models/{model}", summary="One inference endpoint as an OpenAI model")
     async def model(model: str) -> Response:
-        found = [ep for ep in await service.get_endpoints() if ep["inference_id"] == model]
-        if not found:
+        ep = await service.store.get_endpoint(model)
+        if ep is None:
             raise ResourceNotFound(f"Inference endpoint not found [{model}]")
-        return plain_json(model_entry(found[0]))
+        return plain_json(model_entry(ep))
 
     return api
