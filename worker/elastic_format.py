@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .elastic_tokenizers import TokenizationError, check_vocabulary, parse_tokenization
-from .modelstore import ModelInfo, ModelStore, ModelStoreError, sha256_file
+from .modelstore import ModelInfo, ModelStore
 
 DEFINITION = "model.torchscript"
 CONFIG = "elastic-config.json"
@@ -365,9 +365,3 @@ class Uploads:
             shutil.rmtree(trash, ignore_errors=True)
         return True
 
-
-def definition_digest(info: ModelInfo) -> str:
-    return info.files.get(DEFINITION) or sha256_file(info.path / DEFINITION)
-
-
-__all__ = ["ElasticFormatError", "Uploads", "install", "validate_config", "trained_model_config", "ModelStoreError"]
