@@ -523,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
                      help="check the repository serves this task (detected otherwise)")
     ens.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
+    ens.add_argument("--repository", help="Elastic's model repository for built-in models (https://, http:// or "
+                     "file://; default: $INFERNETES_MODEL_REPOSITORY)")
     ens.add_argument("--verify", action="store_true", help="check the checksums of a model already in the store")
     ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)

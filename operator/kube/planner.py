@@ -86,6 +86,8 @@ def pull_command(model_id: str, settings: OperatorSettings) -> list[str]:
         command += ["--repo", extra.repo, "--revision", extra.revision, "--task", extra.task_type]
     if settings.model_hub:
         command += ["--hub", settings.model_hub]
+    if settings.model_repository and builtin(model_id) is not None:
+        command += ["--repository", settings.model_repository]
     if settings.seed_dir:
         command += ["--seed-dir", settings.seed_dir]
     return command

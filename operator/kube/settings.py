@@ -41,6 +41,9 @@ class OperatorSettings(BaseModel):
     model_cache_pvc: str | None = None
     model_cache_size: str = "10Gi"
     model_hub: str | None = Field(None, description="hub URL for downloads (default huggingface.co)")
+    model_repository: str | None = Field(
+        None, description="Elastic's model repository (https:// or file:// URL) for the built-in models: Elastic's "
+                          "own ELSER, E5 and rerank files instead of the hub's open checkpoints")
     # A model store baked into the image (air-gapped clusters): models found there are copied, not downloaded.
     seed_dir: str | None = None
     hub_token_secret: str | None = Field(None, description="Secret with key HF_TOKEN for private hub models")
