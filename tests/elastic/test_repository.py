@@ -185,3 +185,19 @@ def test_http_download_resumes_after_a_kill(http_repository, repository, tmp_pat
     info = ModelStore(tmp_path / "models").get(".multilingual-e5-small")
     assert info is not None and info.files["model.torchscript"] == hashlib.sha256(
         (repository / f"{NAME}.pt").read_bytes()).hexdigest()
+
+
+def test_put_of_a_packaged_model_pulls_it_from_the_repository(repository, tmp_path, monkeypatch):
+    """Kibana's ``PUT _ml/trained_models/.multilingual-e5-small`` downloads Elastic's files."""
+    monkeypatch.setenv("INFERNETES_MODEL_REPOSITORY", f"file://{repository}")
+    with ServerThread(tmp_path) as srv, srv.client(timeout=120) as c:
+        resp = c.put("/_ml/trained_models/.multilingual-e5-small", json={"model_type": "pytorch"})
+        assert resp.status_code == 400 and "packaged model" in resp.text
+        resp = c.put("/_ml/trained_models/.multilingual-e5-small?wait_for_completion=true",
+                     json={"input": {"field_names": ["text_field"]}})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["fully_defined"] is True
+        config = c.get("/_ml/trained_models/.multilingual-e5-small").json()["trained_model_configs"][0]
+        assert config["fully_defined"] is True and "text_embedding" in config["inference_config"]
+    info = ModelStore(tmp_path / "models").get(".multilingual-e5-small")
+    assert info is not None and info.backend == "elastic"
