@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 TEXTS = ["the quick brown fox jumps over the lazy dog", "kubernetes runs inference endpoints", "hello"]
 DOCS = ["paris is the capital of france", "the weather is nice today", "france is a country in europe"]
 QUERY = "what is the capital of france?"
-EMB, MRL, SPARSE, RERANK = "proto-minilm", "proto-mrl", "proto-splade", "proto-rerank"
+EMB, MRL, SPARSE, RERANK, E5 = "proto-minilm", "proto-mrl", "proto-splade", "proto-rerank", "proto-e5"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def endpoints(server, client):
     made = []
     try:
         for task, inference_id, model in (("text_embedding", EMB, "minilm"), ("text_embedding", MRL, "minilm-mrl"),
-                                          ("sparse_embedding", SPARSE, "splade"), ("rerank", RERANK, "reranker")):
+                                          ("sparse_embedding", SPARSE, "splade"), ("rerank", RERANK, "reranker"),
+                                          ("text_embedding", E5, "e5ish")):
             # A generous timeout: four deployments start on a loaded machine.
             resp = client.put(f"/_inference/{task}/{inference_id}?timeout=180s", json={
                 "service": "elasticsearch",
@@ -180,6 +181,19 @@ def test_token_id_inputs_are_the_same_text(client, endpoints):
         assert np.array_equal(vectors[0], es_vectors(client, EMB, [text])[0])
     bad = client.post("/v1/embeddings", json={"model": EMB, "input": [10**9]})
     assert bad.status_code == 400 and "outside the model's vocabulary" in bad.json()["error"]["message"]
+
+
+def test_prompt_names_pick_the_models_prompts(client, endpoints):
+    """TEI's prompt_name picks the same prompt as Elasticsearch's input_type (E5: "query: ", "passage: ")."""
+    for prompt_name, input_type in (("query", "SEARCH"), ("passage", "INGEST")):
+        tei = np.array(client.post(f"/tei/{E5}/embed", json={"inputs": TEXTS, "prompt_name": prompt_name}).json(),
+                       dtype=np.float32)
+        es = client.post(f"/_inference/text_embedding/{E5}", json={"input": TEXTS, "input_type": input_type}).json()
+        assert np.array_equal(tei, np.array([e["embedding"] for e in es["text_embedding"]], dtype=np.float32))
+    plain = np.array(client.post(f"/tei/{E5}/embed", json={"inputs": TEXTS}).json(), dtype=np.float32)
+    assert not np.array_equal(plain, tei)  # the prompt changes the vectors: the check above can fail
+    tokens = client.post(f"/tei/{E5}/tokenize", json={"inputs": "hi", "prompt_name": "query"}).json()[0]
+    assert [t["text"] for t in tokens if not t["special"]][:2] == ["query", ":"]
 
 
 def test_tei_routes(client, endpoints):
