@@ -85,3 +85,11 @@ def test_readme_shows_the_committed_results():
     proc = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "run.py"), "--table",
                            str(ROOT / "bench" / "results" / "benchmark.json")], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+def test_readme_shows_the_committed_resilience_figures():
+    """The README's reliability table is rendered from bench/results/resilience.json, not typed by hand."""
+    proc = subprocess.run([sys.executable, "-P", str(ROOT / "bench" / "resilience_table.py"),
+                           str(ROOT / "bench" / "results" / "resilience.json")], capture_output=True, text=True,
+                          check=True)
+    assert proc.stdout.count("\n") > 8 and proc.stdout.strip() in (ROOT / "README.md").read_text()

@@ -1,8 +1,8 @@
 """Fixtures for the Eland tests: one virtualenv holding the real Eland CLI, and model folders it can read.
 
 Eland needs ``transformers<5`` (the project runs 5.x), so it lives in a venv of its own, built once
-and cached under ``.eland-venv/<key>/`` in the repository (gitignored), the key naming the
-versions; later runs reuse it. CPU torch is installed first, and Eland without its ``[pytorch]``
+and cached under ``$INFERNETES_ELAND_VENVS`` (default: the user's cache folder, ``~/.cache/infernetes/eland-venv``)
+as ``<key>/``, the key naming the versions; later runs reuse it, from any checkout of the repository. CPU torch is installed first, and Eland without its ``[pytorch]``
 extra, which pins a multi-GB CUDA torch (see shared/MODELS.md).
 """
 
@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,13 +20,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import platformdirs
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 TORCH = "torch==2.13.0"
 ELAND = ["eland==9.2.0", "transformers[sentencepiece]<5", "sentence-transformers>=5,<6", "tqdm", "requests"]
 KEY = hashlib.sha256(json.dumps([sys.version_info[:2], TORCH, ELAND]).encode()).hexdigest()[:12]
-VENV = REPO / ".eland-venv" / KEY
+VENV = Path(os.environ.get("INFERNETES_ELAND_VENVS") or
+            Path(platformdirs.user_cache_dir("infernetes")) / "eland-venv") / KEY
 BUILD_TIMEOUT = 1800
 
 
@@ -39,7 +41,7 @@ def _report(config: pytest.Config, line: str) -> None:
 def eland_venv(request: pytest.FixtureRequest) -> Path:
     """The venv with ``eland_import_hub_model``; built on first use (a few minutes), reused afterwards."""
     done = VENV / ".complete"
-    VENV.parent.mkdir(exist_ok=True)
+    VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(VENV.parent / f"{KEY}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes never build it at once
         if not done.is_file():
