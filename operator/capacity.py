@@ -4,8 +4,8 @@ Elasticsearch refuses a deployment its ML nodes cannot hold (429 "Could not star
 there are not enough resources to provide all requested allocations"). Here the machine is the one
 node: a deployment asks for allocations x threads processors, and
 
-- one deployment may ask for at most ``processors`` (the CPUs this process may run on, or the
-  configured ``--max-allocated-processors`` / ``$INFERNETES_MAX_ALLOCATED_PROCESSORS`` if lower);
+- one deployment may ask for at most ``processors`` (the CPUs this process may run on, unless
+  ``--max-allocated-processors`` / ``$INFERNETES_MAX_ALLOCATED_PROCESSORS`` says otherwise);
 - all deployments together for at most ``OVERCOMMIT`` x ``processors``: an embedded server often
   keeps several models on a few cores, most of them idle, but beyond that every worker process
   costs memory and file descriptors and none of them gets CPU time.
@@ -42,7 +42,9 @@ class Capacity:
 
     @classmethod
     def of_machine(cls, cap: int | None = None) -> Capacity:
-        """The machine's processors, lowered to ``cap`` (else ``$INFERNETES_MAX_ALLOCATED_PROCESSORS``)."""
+        """The machine's processors, or ``cap`` (else ``$INFERNETES_MAX_ALLOCATED_PROCESSORS``) when one is set:
+        lower to keep cores for other work, higher to overcommit deliberately (e.g. Elasticsearch's documented
+        example of at least 3 allocations on a 2-core laptop)."""
         if cap is None and os.environ.get(ENV):
             try:
                 cap = int(os.environ[ENV])
@@ -50,8 +52,7 @@ class Capacity:
                 raise ValueError(f"${ENV} must be a positive integer, got [{os.environ[ENV]}]") from None
         if cap is not None and cap < 1:
             raise ValueError(f"the processor cap must be a positive integer, got [{cap}]")
-        found = machine_processors()
-        return cls(min(found, cap) if cap is not None else found)
+        return cls(cap if cap is not None else machine_processors())
 
     @property
     def total(self) -> int:

@@ -447,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve.add_argument("--max-allocated-processors", type=_positive_int, metavar="N",
                        help="allocations x threads one deployment may use (all together: 4 x N); more is refused "
-                            "with 429 (default: $INFERNETES_MAX_ALLOCATED_PROCESSORS, else the CPUs this process "
-                            "may use)")
+                            "with 429; above the CPUs it overcommits on purpose (default: "
+                            "$INFERNETES_MAX_ALLOCATED_PROCESSORS, else the CPUs this process may use)")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("api-keys", help="manage the gateway's API keys")
