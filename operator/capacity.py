@@ -6,9 +6,10 @@ node: a deployment asks for allocations x threads processors, and
 
 - one deployment may ask for at most ``processors`` (the CPUs this process may run on, unless
   ``--max-allocated-processors`` / ``$INFERNETES_MAX_ALLOCATED_PROCESSORS`` says otherwise);
-- all deployments together for at most ``OVERCOMMIT`` x ``processors``: an embedded server often
-  keeps several models on a few cores, most of them idle, but beyond that every worker process
-  costs memory and file descriptors and none of them gets CPU time.
+- all deployments together for at most ``OVERCOMMIT`` (16) x ``processors``: an embedded server
+  often keeps several models on a few cores, most of them idle (a test session, a demo), but
+  beyond that the worker processes only cost memory and file descriptors (the issue's 100000
+  allocations ran the server out of them) and none of them gets CPU time.
 
 An adaptive deployment is admitted on its minimum; its maximum is capped at run time to what fits.
 Pure functions, no I/O: the service and the local runtime share them.
@@ -24,7 +25,7 @@ from .errors import CapacityExceeded
 from .records import Deployment
 
 ENV = "INFERNETES_MAX_ALLOCATED_PROCESSORS"
-OVERCOMMIT = 4
+OVERCOMMIT = 16
 
 
 def machine_processors() -> int:

@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log level of the worker processes, in <data-dir>/logs/ (default warning)")
     serve.add_argument("--access-log", action="store_true", help="log every HTTP request")
     serve.add_argument("--max-allocated-processors", type=_positive_int, metavar="N",
-                       help="allocations x threads one deployment may use (all together: 4 x N); more is refused "
+                       help="allocations x threads one deployment may use (all together: 16 x N); more is refused "
                             "with 429; above the CPUs it overcommits on purpose (default: "
                             "$INFERNETES_MAX_ALLOCATED_PROCESSORS, else the CPUs this process may use)")
     serve.set_defaults(func=cmd_serve)

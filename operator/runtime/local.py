@@ -60,7 +60,7 @@ class LocalSettings:
     # start a fresh interpreter per allocation.
     fork_workers: bool = field(default_factory=fork_supported)
     worker_log_level: str = "warning"
-    # Allocations x threads one deployment may run (all together: 4 times as many); None: the machine's CPUs.
+    # Allocations x threads one deployment may run (all together: 16 times as many); None: the machine's CPUs.
     max_allocated_processors: int | None = None
 
 

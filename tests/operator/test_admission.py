@@ -21,7 +21,7 @@ def dep(name: str, allocations: int | None = 1, threads: int = 1, adaptive: dict
     (2, [], dep("a", 2, threads=2), False),
     (2, [], dep("a", 64), False),  # the issue: 64 allocations on 2 cores were accepted
     (2, [], dep("a", 100_000), False),
-    (2, [dep("b", 2)] * 3, dep("a", 2), True),  # 8 = 4 x 2 in all
+    (2, [dep("b", 2)] * 3, dep("a", 2), True),  # 8 = 4 x 2 in all (overcommit 4 here)
     (2, [dep("b", 2), dep("c", 2), dep("d", 2)], dep("a", 2), True),
     (2, [dep("b", 2), dep("c", 2), dep("d", 2), dep("e", 1)], dep("a", 2), False),
     (2, [dep("a", 2)], dep("a", 2), True),  # an update replaces its own demand
@@ -30,7 +30,7 @@ def dep(name: str, allocations: int | None = 1, threads: int = 1, adaptive: dict
     (2, [], dep("a", adaptive={"enabled": True, "min_number_of_allocations": 3}), False),
 ])
 def test_admission(processors, others, new, fits):
-    capacity = Capacity(processors)
+    capacity = Capacity(processors, overcommit=4)
     others = [d if d.deployment_id != "b" else d.with_(deployment_id=f"b{i}") for i, d in enumerate(others)]
     if fits:
         capacity.admit(new, others)
@@ -41,15 +41,23 @@ def test_admission(processors, others, new, fits):
         assert "fit" in info.value.reason and "--max-allocated-processors" in info.value.reason
 
 
+def test_the_default_overcommit_bounds_many_small_deployments():
+    capacity = Capacity(2)
+    many = [dep(f"d{i}") for i in range(32)]
+    capacity.admit(dep("a"), many[:31])
+    with pytest.raises(CapacityExceeded):
+        capacity.admit(dep("a"), many)
+
+
 def test_the_refusal_says_what_fits():
     with pytest.raises(CapacityExceeded) as info:
-        Capacity(4).admit(dep("a", 3, threads=2), [dep("b", 1, threads=2)])
+        Capacity(4, overcommit=4).admit(dep("a", 3, threads=2), [dep("b", 1, threads=2)])
     assert "3 x 2 = 6 processors" in info.value.reason
     assert "At most [2] allocations of 2 thread(s) fit now" in info.value.reason
 
 
 def test_adaptive_max_is_capped_by_what_is_left():
-    capacity = Capacity(2)
+    capacity = Capacity(2, overcommit=4)
     adaptive = dep("a", adaptive={"enabled": True, "max_number_of_allocations": 64})
     assert capacity.max_allocations(adaptive) == 2
     assert capacity.max_allocations(adaptive.with_(num_threads=2)) == 1
