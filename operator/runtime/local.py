@@ -116,6 +116,7 @@ class LocalDeployment:
     held: int = 0
     download: Progress | None = None
     zygote: Zygote | None = None  # the process that loaded the model and forks its workers
+    retry: asyncio.Task[None] | None = None  # a later _reconcile, after one failed (no file descriptors left)
 
     def ready_urls(self) -> list[str]:
         return [a.url for a in self.allocations if a.state == "started" and not a.stopping]
@@ -385,8 +386,10 @@ class LocalRuntime:
             try:
                 sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
             except OSError as exc:  # out of file descriptors: show it, and the allocations already running serve
-                dep.failure = f"could not open a socket for a new allocation: {exc.strerror or exc}"
+                dep.failure = (f"could not open a socket for a new allocation: {exc.strerror or exc}; retrying in "
+                               f"{self.RECONCILE_RETRY_S:g}s")
                 log.error("deployment %s: %s", dep.spec.deployment_id, dep.failure)
+                self._reconcile_later(dep)
                 break
             alloc = Allocation(index=index, deployment=dep, sock=sock)
             dep.allocations.append(alloc)
@@ -398,6 +401,20 @@ class LocalRuntime:
             dep.retiring.append(alloc)
             asyncio.create_task(self._retire(dep, alloc))
         await dep.notify()
+
+    RECONCILE_RETRY_S = 2.0
+
+    def _reconcile_later(self, dep: LocalDeployment) -> None:
+        """Try again to reach the target, so a deployment recovers by itself once descriptors are free."""
+        async def retry() -> None:
+            await asyncio.sleep(self.RECONCILE_RETRY_S)
+            dep.retry = None  # a failure of this round schedules the next one
+            async with self._locks.hold(dep.spec.deployment_id):
+                if self.deployments.get(dep.spec.deployment_id) is dep and not dep.stopping:
+                    await self._reconcile(dep)
+
+        if dep.retry is None or dep.retry.done():
+            dep.retry = asyncio.create_task(retry(), name=f"reconcile-{dep.spec.deployment_id}")
 
     def _free_index(self, dep: LocalDeployment) -> int:
         used = {a.index for a in dep.allocations + dep.retiring}

@@ -189,3 +189,31 @@ def test_the_data_dir_and_what_the_server_writes_are_private(tmp_path, tiny_mode
     new = tmp_path / "new-data"
     ServerThread(new).start().stop()
     assert stat.S_IMODE(new.stat().st_mode) == 0o700
+
+
+@pytest.mark.slow
+def test_out_of_file_descriptors_fails_the_deployment_and_it_recovers(tmp_path, tiny_model_dir, monkeypatch):
+    """The same path with no file descriptors left: the allocation's socket cannot be opened."""
+    import errno
+
+    from infernetes.operator.runtime import local
+
+    ModelStore(tmp_path / "models").import_folder(tiny_model_dir, "tiny")
+    with ServerThread(tmp_path) as srv, srv.client(timeout=120) as client:
+        real = local.socket.create_server
+
+        def exhausted(*args, **kwargs):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        monkeypatch.setattr(local.socket, "create_server", exhausted)
+        try:
+            resp = put_endpoint(client, "text_embedding", "nofd", "tiny")
+            assert resp.status_code >= 500 and "Too many open files" in es_error(resp)["reason"], resp.text
+            stats = deployment_stats(client, "nofd")
+            assert stats["state"] == "failed" and "Too many open files" in stats["reason"], stats
+            infer = client.post("/_inference/nofd", json={"input": "x"})
+            assert infer.status_code == 503 and "Too many open files" in es_error(infer)["reason"], infer.text
+        finally:
+            monkeypatch.setattr(local.socket, "create_server", real)
+        wait_for(lambda: deployment_stats(client, "nofd")["state"] == "started", timeout=90)
+        assert client.post("/_inference/nofd", json={"input": "x"}).status_code == 200
