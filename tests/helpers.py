@@ -176,6 +176,32 @@ def kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll until the predicate returns something true, and return it; the timeout is a ceiling for a stuck
+    system, never a pace."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met in {timeout} s")
+
+
+async def fake_worker(infer: Any) -> tuple[str, Any]:
+    """A stand-in worker on a loopback port whose ``POST /infer`` is the given aiohttp handler: returns its
+    URL and the runner to clean up."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/infer", infer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", runner  # type: ignore[union-attr]
+
+
 def wait_up(url: str, timeout: float = 60) -> None:
     """Wait until an HTTP server answers at all (a subprocess `infernetes serve` starting)."""
     deadline = time.monotonic() + timeout

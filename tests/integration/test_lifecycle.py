@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
-import time
 
 import psutil
 import pytest
-from helpers import ServerThread, deployment_stats, es_error, put_endpoint, worker_pids
+from helpers import ServerThread, deployment_stats, es_error, put_endpoint, wait_for, worker_pids
 
 from infernetes.operator.embedded import EmbeddedOptions
 from infernetes.worker.modelstore import ModelStore
@@ -18,16 +17,6 @@ pytestmark = pytest.mark.slow
 
 def worker_processes(deployment_id: str) -> list[psutil.Process]:
     return [psutil.Process(pid) for pid in worker_pids(deployment_id)]
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_endpoints_survive_a_restart(tmp_path, tiny_model_dir):

@@ -25,7 +25,8 @@ async def test_create_makes_deployment_service_and_status(operator, kube):
     dep = await eventually(deployed)
     assert dep["spec"]["replicas"] == 1
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "InferenceEndpoint"
-    svc = await kube.get("v1", "services", NS, "infernetes-my-e5-model")
+    # The operator writes the Deployment, then the Service: wait for the second as for the first.
+    svc = await eventually(lambda: kube.get("v1", "services", NS, "infernetes-my-e5-model"))
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
 
     async def status():

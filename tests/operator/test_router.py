@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import web
+from helpers import fake_worker
 
 from infernetes.operator.errors import ServiceUnavailable
 from infernetes.operator.runtime.router import Router
@@ -16,15 +17,9 @@ async def worker(runners, status: int, body: bytes) -> tuple[str, list[int]]:
         calls.append(1)
         return web.Response(status=status, body=body, headers={"Retry-After": "1"} if status == 503 else {})
 
-    app = web.Application()
-    app.router.add_post("/infer", infer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    url, runner = await fake_worker(infer)
     runners.append(runner)
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://127.0.0.1:{port}", calls
+    return url, calls
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from helpers import fake_worker
 
 from infernetes.operator.errors import RequestTimeout, ServiceUnavailable
 from infernetes.operator.runtime.router import Router
@@ -24,14 +25,9 @@ async def serve():
             await asyncio.sleep(delay)
             return web.Response(status=status, body=body, content_type=content_type)
 
-        app = web.Application()
-        app.router.add_post("/infer", infer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        url, runner = await fake_worker(infer)
         runners.append(runner)
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        return url
 
     yield start
     for runner in runners:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServerThread, deployment_stats, es_error, free_port, put_endpoint
+from helpers import ServerThread, deployment_stats, es_error, free_port, put_endpoint, wait_for
 
 from infernetes.operator.records import Deployment
 from infernetes.operator.store import SqliteStore, StoreOpenError
@@ -53,16 +53,6 @@ def read_only(path: Path) -> Iterator[None]:
     finally:
         for d, mode in modes.items():
             d.chmod(stat.S_IMODE(mode))
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def serve(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from helpers import ServerThread, put_endpoint
+from helpers import ServerThread, put_endpoint, wait_for
 
 from infernetes.operator.embedded import EmbeddedOptions
 from infernetes.worker.modelstore import ModelStore
@@ -120,27 +120,21 @@ def test_disconnected_client_does_not_keep_the_model_busy(overload_server, figur
     inputs_before = metric("infernetes_inference_inputs_total")
     cancelled_before = metric("infernetes_cancelled_requests_total")
 
-    def wait_for(predicate, what: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.02)
-
     # Occupy the model, then send a large request and walk away once it is queued behind, before it runs.
     async def scenario() -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60, trust_env=False) as client:
             blocker = asyncio.create_task(client.post("/_inference/busy", json={"input": [TEXT * 4] * 32}))
-            await asyncio.to_thread(wait_for, lambda: worker_counters()[1] == 32, "the blocker never arrived")
+            await asyncio.to_thread(wait_for, lambda: worker_counters()[1] == 32, 60, 0.02, "the blocker arriving")
             abandoned = asyncio.create_task(client.post("/_inference/busy", json={"input": [TEXT * 4] * 24}))
-            await asyncio.to_thread(wait_for, lambda: worker_counters()[1] == 56, "the second request never queued")
+            await asyncio.to_thread(wait_for, lambda: worker_counters()[1] == 56, 60, 0.02, "the second request queued")
             abandoned.cancel()  # the client walks away: its connection closes
             with pytest.raises(asyncio.CancelledError):
                 await abandoned
             assert (await blocker).status_code == 200
 
     asyncio.run(scenario())
-    wait_for(lambda: metric("infernetes_cancelled_requests_total") > cancelled_before, "no request was cancelled")
-    wait_for(lambda: worker_counters()[1] == 0, "requests still pending")
+    wait_for(lambda: metric("infernetes_cancelled_requests_total") > cancelled_before, what="a cancellation")
+    wait_for(lambda: worker_counters()[1] == 0, what="no request pending")
     done = metric("infernetes_inference_inputs_total") - inputs_before
     cancelled = metric("infernetes_cancelled_requests_total") - cancelled_before
     figures["disconnect"] = {"inputs_run": done, "requests_cancelled": cancelled}

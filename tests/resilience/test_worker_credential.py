@@ -7,6 +7,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 from aiohttp import web
+from helpers import fake_worker
 
 from infernetes.operator.kube.planner import Owner, plan
 from infernetes.operator.kube.settings import OperatorSettings
@@ -24,15 +25,9 @@ async def recorder():
         seen.append(dict(request.headers))
         return web.Response(body=b"{}")
 
-    app = web.Application()
-    app.router.add_post("/infer", infer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url, runner = await fake_worker(infer)
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield url, seen
     finally:
         await runner.cleanup()
 
