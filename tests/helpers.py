@@ -148,11 +148,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_process_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_process_group(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
+                      cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """subprocess.run in a session of its own: whatever the command started is killed with it when it ends,
     fails or times out, so no server it spawned outlives the test."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=killed_with_parent)
+                            preexec_fn=killed_with_parent, env=env, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import ServerThread, es_error, kill_process_group
+from helpers import ServerThread, es_error, run_process_group
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +40,9 @@ def eland_import(venv: Path, url: str, folder: Path, task: str, model_id: str) -
     cmd = [str(venv / "bin" / "eland_import_hub_model"), "--url", url, "--hub-model-id", str(folder),
            "--task-type", task, "--es-model-id", model_id, "--start"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True, cwd="/")
-    try:
-        out, err = proc.communicate(timeout=IMPORT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_process_group(proc.pid)
-        out, err = proc.communicate()
-        raise AssertionError(f"eland_import_hub_model did not finish in {IMPORT_TIMEOUT} s: {err[-3000:]}") from None
-    finally:
-        kill_process_group(proc.pid)
-    assert proc.returncode == 0, f"eland_import_hub_model failed:\n{out[-2000:]}\n{err[-4000:]}"
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    proc = run_process_group(cmd, IMPORT_TIMEOUT, env=env, cwd="/")
+    assert proc.returncode == 0, f"eland_import_hub_model failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def page_body(model_id: str) -> dict:
