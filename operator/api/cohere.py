@@ -14,11 +14,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import BadRequest, ValidationFailed
+from ..errors import ValidationFailed
 from ..service import InferenceService
 from ..timevalue import parse_time
 from . import protocol
-from .common import GatewaySettings, json_body, plain_json, read_json
+from .common import GatewaySettings, json_body, plain_json
 
 _FIELDS = {"model", "query", "documents", "top_n", "return_documents", "max_tokens_per_doc"}
 _RERANK_BODY = json_body({
@@ -51,15 +51,8 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(tags=["cohere"])
 
     async def rerank(request: Request, version: str) -> Response:
-        body = await read_json(request, settings.max_body_bytes)
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        unknown = sorted(set(body) - _FIELDS)
-        if unknown:
-            raise BadRequest(f"unknown fields [{', '.join(unknown)}]")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ValidationFailed(["[model] is required: the inference id of a rerank endpoint"])
+        body, model = await protocol.read_request(request, settings.max_body_bytes, _FIELDS, "unknown fields [{}]",
+                                                  "rerank")
         docs = documents_of(body.get("documents"))
         mtpd = body.get("max_tokens_per_doc")
         if mtpd is not None and (not isinstance(mtpd, int) or isinstance(mtpd, bool) or mtpd < 1):

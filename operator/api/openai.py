@@ -18,7 +18,7 @@ from ..records import Endpoint
 from ..service import InferenceService
 from ..timevalue import parse_time
 from . import protocol
-from .common import GatewaySettings, json_body, plain_json, read_json
+from .common import GatewaySettings, json_body, plain_json
 
 ENCODINGS = ("float", "base64")
 _FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
@@ -63,15 +63,8 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
 
     @api.post("/v1/embeddings", openapi_extra=_EMBEDDINGS_BODY, summary="Create embeddings (OpenAI)")
     async def embeddings(request: Request) -> Response:
-        body = await read_json(request, settings.max_body_bytes)
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        unknown = sorted(set(body) - _FIELDS)
-        if unknown:
-            raise BadRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ValidationFailed(["[model] is required: the inference id of a text_embedding endpoint"])
+        body, model = await protocol.read_request(request, settings.max_body_bytes, _FIELDS,
+                                                  "Unrecognized request argument supplied: {}", "text_embedding")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ENCODINGS:
             raise ValidationFailed([f"[encoding_format] must be one of {list(ENCODINGS)}, got [{encoding}]"])

@@ -16,7 +16,7 @@ from ...worker.modelstore import PROMPT_NAMES
 from ..errors import BadRequest, InfernetesError, ValidationFailed
 from ..records import Endpoint
 from ..service import InferenceService
-from .common import run_cancellable
+from .common import read_json, run_cancellable
 
 TOKENS_HEADER = "X-Infernetes-Prompt-Tokens"
 # Model metadata (the worker's manifest) is read once per deployment and kept this long.
@@ -24,6 +24,22 @@ INFO_SECONDS = 10.0
 # Where a model's manifest says which output sizes it was trained for (sentence-transformers' MatryoshkaLoss
 # dims); set with `infernetes models import --matryoshka-dimensions 256,128,64`.
 MATRYOSHKA = "matryoshka_dimensions"
+
+
+async def read_request(request: Request, max_bytes: int, fields: frozenset[str] | set[str], unknown: str,
+                       task: str) -> tuple[dict[str, Any], str]:
+    """The shared prelude of the protocol bodies: a JSON object with only known fields and a ``model``
+    naming an inference endpoint. ``unknown`` is the protocol's own wording, ``{}`` the field list."""
+    body = await read_json(request, max_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    extra = sorted(set(body) - set(fields))
+    if extra:
+        raise BadRequest(unknown.format(", ".join(extra)))
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationFailed([f"[model] is required: the inference id of a {task} endpoint"])
+    return body, model
 
 
 class UpstreamError(InfernetesError):
