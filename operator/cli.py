@@ -1,4 +1,4 @@
-"""The ``infernetes`` command: ``serve``, ``operator``, ``models``, ``api-keys``, ``crd``, ``worker``.
+"""The ``infernetes`` command: ``serve``, ``operator``, ``gateway``, ``models``, ``api-keys``, ``crd``, ``worker``.
 
 ``infernetes serve`` runs the embedded product on one machine: the REST gateway plus one worker
 process per allocation, with endpoint definitions in SQLite under the data directory.
@@ -374,7 +374,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     return run(args.namespace or [], host=args.host, port=args.port, gateway=not args.no_gateway,
                kubeconfig=args.kubeconfig, config_path=args.config, liveness_port=args.liveness_port,
-               log_level=args.log_level)
+               log_level=args.log_level, lease_name=args.leader_election_lease,
+               lease_namespace=args.leader_election_namespace)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from .kube.main import run_gateway
+
+    return run_gateway(args.namespace, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
+                       config_path=args.config, log_level=args.log_level)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -482,7 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, help="serve kopf's liveness probe on this port")
     op.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="log level of the operator and the gateway (default info)")
+    op.add_argument("--leader-election-lease", metavar="NAME",
+                    help="lead through this coordination.k8s.io Lease: only its holder reconciles, so several "
+                    "replicas are safe (default: no election, a single replica)")
+    op.add_argument("--leader-election-namespace", metavar="NAMESPACE",
+                    help="namespace of the Lease (default $POD_NAMESPACE, else the kubeconfig's)")
     op.set_defaults(func=cmd_operator)
+
+    gw = sub.add_parser("gateway", help="run the REST gateway alone (in a cluster; the operator runs elsewhere)")
+    gw.add_argument("--namespace", "-n", help="namespace whose endpoints it serves (default "
+                    "$INFERNETES_GATEWAY_NAMESPACE, else the pod's or the kubeconfig's)")
+    gw.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
+    gw.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    gw.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster credentials, else $KUBECONFIG)")
+    gw.add_argument("--config", type=Path, help="operator settings file (default $INFERNETES_OPERATOR_CONFIG)")
+    gw.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="log level (default info)")
+    gw.set_defaults(func=cmd_gateway)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (generated from the spec models)")
     crd.add_argument("--out-dir", type=Path, help="write one file per CRD here instead of printing them")

@@ -5,12 +5,18 @@ patches the Deployment's replicas only when the count changes (with an Event), a
 decision and the smoothing state in ``status.autoscaler``, so a restarted operator carries on where
 the last one stopped. One loop rather than a kopf timer per resource: timers would put a finalizer
 on every adaptive endpoint.
+
+Scale from zero: the gateway holds requests while a deployment has no ready allocation and writes
+that demand onto the worker Deployment (annotation ``infernetes.dev/demand``: requests held and
+when), re-stamped while they wait. The autoscaler counts fresh demand as traffic, and never scales
+down while a pod is still starting, so the allocation the gateway asked for is not taken back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -19,12 +25,42 @@ import httpx
 
 from ..autoscaler import AutoscalerSettings, Sample, decide, parse_metrics
 from ..runtime.autoscaling import AutoscalerMetrics
-from . import API_VERSION, DEPLOYMENTS, ENDPOINTS
+from . import API_VERSION, DEPLOYMENTS, ENDPOINTS, GROUP
 from .operator import Reconciler, post_event
 from .planner import selector_string, workload_name
 
 log = logging.getLogger("infernetes.autoscaler")
 PERSIST_EVERY_S = 15.0  # the smoothing state is written at least this often (and on every change)
+ANNOTATION_DEMAND = f"{GROUP}/demand"  # {"held": requests the gateway holds, "time": epoch seconds}
+
+
+def demand_refresh_s(settings: Any) -> float:
+    """How often the gateway re-stamps held demand: well within the time the autoscaler trusts it."""
+    return max(0.5, min(5.0, float(settings.autoscale_interval_s)))
+
+
+def demand_ttl_s(interval_s: float) -> float:
+    """Demand older than this is stale (its gateway went away): three autoscaler rounds, at least 30 s."""
+    return max(30.0, 3 * interval_s)
+
+
+def held_demand(workload: dict[str, Any] | None, now: float, ttl_s: float) -> int:
+    """Requests the gateway holds for this workload, if its stamp is fresh."""
+    raw = (((workload or {}).get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_DEMAND)
+    if not raw:
+        return 0
+    try:
+        record = json.loads(raw)
+        held, stamp = int(record.get("held", 0)), float(record.get("time", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+    return held if held > 0 and now - stamp <= ttl_s else 0
+
+
+def starting(pod: dict[str, Any]) -> bool:
+    """A pod on its way up: not ready, not terminating, not failed for good."""
+    phase = (pod.get("status") or {}).get("phase")
+    return not _ready(pod) and not pod["metadata"].get("deletionTimestamp") and phase not in ("Failed", "Succeeded")
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -99,14 +135,19 @@ class ClusterAutoscaler:
         if workload is None:
             return 0
         current = int(workload["spec"].get("replicas") or 0)
-        pods = [p for p in await self.kube.list("v1", "pods", namespace, selector_string(dep.deployment_id))
-                if _ready(p)]
-        samples = [s for s in await asyncio.gather(*(self._sample(p) for p in pods)) if s is not None]
+        pods = await self.kube.list("v1", "pods", namespace, selector_string(dep.deployment_id))
+        ready = [p for p in pods if _ready(p)]
+        samples = [s for s in await asyncio.gather(*(self._sample(p) for p in ready)) if s is not None]
         previous = (cr.get("status") or {}).get("autoscaler") or {}
         bounds = dep.bounds(self.reconciler.settings.adaptive_cap)
         now = time.time()
+        held = held_demand(workload, now, demand_ttl_s(self.settings.interval_s))
         decision = decide(previous.get("state"), samples, now=now, current=current, bounds=bounds,
-                          settings=self.settings)
+                          settings=self.settings, held=held)
+        if decision.desired < current and any(starting(p) for p in pods):
+            # A pod still starting has served nothing yet: its silence is not idleness.
+            decision = type(decision)(current, decision.reason + "; a pod is starting: no scale-down",
+                                      decision.load, decision.state)
         self.metrics.record(dep.deployment_id, decision.desired, decision.load, current)
         changed = decision.desired != current
         if changed:
@@ -124,14 +165,29 @@ class ClusterAutoscaler:
         return int(changed)
 
 
-async def scale_from_zero(kube: Any, namespace: str, deployment_id: str, owner: dict[str, Any], plural: str) -> None:
-    """A request arrived while the deployment has no allocation: start one now (the gateway calls this)."""
+async def record_demand(kube: Any, namespace: str, deployment_id: str, held: int, owner: dict[str, Any],
+                        plural: str) -> None:
+    """The gateway holds ``held`` requests for a deployment: stamp that on its worker Deployment, and wake it
+    (0 -> 1 replica) when it has none."""
     name = workload_name(deployment_id)
     workload = await kube.get("apps/v1", "deployments", namespace, name)
-    if workload is None or (workload["spec"].get("replicas") or 0) > 0:
+    if workload is None:
         return
-    await kube.patch("apps/v1", "deployments", namespace, name, {"spec": {"replicas": 1}})
+    stamp = json.dumps({"held": held, "time": round(time.time(), 3)})
+    patch: dict[str, Any] = {"metadata": {"annotations": {ANNOTATION_DEMAND: stamp}}}
+    wake = (workload["spec"].get("replicas") or 0) == 0
+    if wake:
+        patch["spec"] = {"replicas": 1}
+    await kube.patch("apps/v1", "deployments", namespace, name, patch)
+    if not wake:
+        return
+    # The reconciler keeps adaptive replicas at status.autoscaler.target: it must agree with the wake-up.
     await kube.patch(API_VERSION, plural, namespace, owner["metadata"]["name"], {"status": {"autoscaler": {
         "target": 1, "reason": "a request arrived while scaled to zero", "time": time.time()}}},
         subresource="status")
     await post_event(kube, owner, "Normal", "ScaledUp", "0 -> 1 allocations: a request arrived while scaled to zero")
+
+
+async def scale_from_zero(kube: Any, namespace: str, deployment_id: str, owner: dict[str, Any], plural: str) -> None:
+    """A request arrived while the deployment has no allocation: start one now."""
+    await record_demand(kube, namespace, deployment_id, 1, owner, plural)

@@ -45,6 +45,7 @@ from .resources import (
     own_deployment_id,
 )
 from .settings import DATA_DIR, OperatorSettings
+from .watchcache import WatchCache
 
 log = logging.getLogger("infernetes.gateway.kube")
 
@@ -90,14 +91,30 @@ class ClusterModels(ClusterCatalog):
 class KubeStore:
     """:class:`~infernetes.operator.store.Store` over InferenceEndpoint and ModelDeployment resources."""
 
-    def __init__(self, kube: Kube, namespace: str, catalog: ClusterModels, queue_capacity: int = 1024) -> None:
+    def __init__(self, kube: Kube, namespace: str, catalog: ClusterModels, queue_capacity: int = 1024,
+                 view: KubeRuntime | None = None) -> None:
         self.kube = kube
         self.namespace = namespace
         self.catalog = catalog
         self.queue_capacity = queue_capacity
+        # Reads come from the runtime's watch caches when it has them (writes always go to the API server).
+        self.view = view
+
+    async def _crs(self, plural: str) -> list[dict[str, Any]]:
+        if self.view is not None:
+            return self.view.custom_resources(plural)
+        return await self.kube.list(API_VERSION, plural, self.namespace)
+
+    async def _owner(self, deployment_id: str) -> dict[str, Any] | None:
+        if self.view is not None:
+            return self.view.owner(deployment_id)
+        return await find_owner(self.kube, self.namespace, deployment_id)
 
     async def _endpoint_cr(self, inference_id: str) -> dict[str, Any] | None:
-        cr = await self.kube.get(API_VERSION, ENDPOINTS, self.namespace, k8s_name(inference_id))
+        if self.view is not None:
+            cr = self.view.custom_resource(ENDPOINTS, k8s_name(inference_id))
+        else:
+            cr = await self.kube.get(API_VERSION, ENDPOINTS, self.namespace, k8s_name(inference_id))
         if cr is None or ((cr.get("spec") or {}).get("inference_id") or cr["metadata"]["name"]) != inference_id:
             return None
         return {**cr, "kind": ENDPOINT_KIND}
@@ -141,13 +158,15 @@ class KubeStore:
                 f"Model deployment [{deployment.deployment_id}]"  # type: ignore[union-attr]
             raise ResourceAlreadyExists(f"{what} already exists (a resource named "
                                         f"[{body['metadata']['name']}] exists in namespace [{self.namespace}])") from None
+        if self.view is not None:  # read your writes: the next GET is answered from the watch
+            await self.view.settle(lambda: self.view.custom_resource(plural, body["metadata"]["name"]) is not None)
 
     async def get_endpoint(self, inference_id: str) -> Endpoint | None:
         cr = await self._endpoint_cr(inference_id)
         return self._endpoint(cr) if cr else None
 
     async def list_endpoints(self) -> list[Endpoint]:
-        crs = await self.kube.list(API_VERSION, ENDPOINTS, self.namespace)
+        crs = await self._crs(ENDPOINTS)
         return sorted((self._endpoint({**cr, "kind": ENDPOINT_KIND}) for cr in crs), key=lambda e: e.inference_id)
 
     async def delete_endpoint(self, inference_id: str, *, with_deployment: bool) -> None:
@@ -160,6 +179,11 @@ class KubeStore:
         await self.kube.patch(API_VERSION, ENDPOINTS, self.namespace, cr["metadata"]["name"],
                               {"metadata": {"annotations": {ANNOTATION_FORCE_DELETE: "true"}}})
         await self.kube.delete(API_VERSION, ENDPOINTS, self.namespace, cr["metadata"]["name"])
+        if self.view is not None:
+            uid = cr["metadata"].get("uid")
+            await self.view.settle(lambda: (self.view.custom_resource(ENDPOINTS, cr["metadata"]["name"]) or {}).get(
+                "metadata", {}).get("uid") != uid or bool(
+                self.view.custom_resource(ENDPOINTS, cr["metadata"]["name"])["metadata"].get("deletionTimestamp")))
 
     async def replace_endpoint(self, endpoint: Endpoint) -> None:
         cr = await self._endpoint_cr(endpoint.inference_id)
@@ -170,13 +194,13 @@ class KubeStore:
                               {"spec": _merge_patch(cr.get("spec") or {}, new_spec)})
 
     async def get_deployment(self, deployment_id: str) -> Deployment | None:
-        cr = await find_owner(self.kube, self.namespace, deployment_id)
+        cr = await self._owner(deployment_id)
         return self._deployment(cr) if cr else None
 
     async def list_deployments(self) -> list[Deployment]:
         out = []
         for plural, kind in ((DEPLOYMENTS, DEPLOYMENT_KIND), (ENDPOINTS, ENDPOINT_KIND)):
-            for cr in await self.kube.list(API_VERSION, plural, self.namespace):
+            for cr in await self._crs(plural):
                 cr = {**cr, "kind": kind}
                 if own_deployment_id(cr) and (dep := self._deployment(cr)) is not None:
                     out.append(dep)
@@ -250,38 +274,97 @@ class KubeRuntime:
         self._pods: dict[str, list[dict[str, Any]]] = {}  # deployment label -> its pods
         self._task: asyncio.Task[None] | None = None
         self._fresh = asyncio.Event()
+        self._stale = True
         self._held: dict[str, int] = {}
+        # Everything the gateway serves comes from these watches (one stream per kind, never a LIST per request).
+        self.caches = [
+            WatchCache(kube, API_VERSION, DEPLOYMENTS, namespace, kind=DEPLOYMENT_KIND, on_change=self._changed),
+            WatchCache(kube, API_VERSION, ENDPOINTS, namespace, kind=ENDPOINT_KIND, on_change=self._changed),
+            WatchCache(kube, "v1", "pods", namespace, f"{LABEL_MANAGED}={MANAGER}", on_change=self._changed),
+        ]
 
     async def start(self) -> None:
-        await self.refresh()
-        self._task = asyncio.create_task(self._poll(), name="infernetes-kube-runtime")
+        for cache in self.caches:
+            await cache.start()
+        self._rebuild()
+        self._task = asyncio.create_task(self._keep_demand_visible(), name="infernetes-demand")
 
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.refresh()
-            except Exception:  # keep serving with the last view
-                log.exception("could not refresh the cluster view")
-
-    async def refresh(self) -> None:
-        owners: dict[str, dict[str, Any]] = {}
-        for plural, kind in ((DEPLOYMENTS, DEPLOYMENT_KIND), (ENDPOINTS, ENDPOINT_KIND)):
-            for cr in await self.kube.list(API_VERSION, plural, self.namespace):
-                cr = {**cr, "kind": kind}
-                dep_id = own_deployment_id(cr)
-                if dep_id:
-                    owners.setdefault(dep_id, cr)
-        pods: dict[str, list[dict[str, Any]]] = {}
-        for pod in await self.kube.list("v1", "pods", self.namespace, f"{LABEL_MANAGED}={MANAGER}"):
-            label = (pod["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
-            if label:
-                pods.setdefault(label, []).append(pod)
-        self._owners, self._pods = owners, pods
+    def _changed(self) -> None:
+        self._stale = True
         self._fresh.set()
         self._fresh = asyncio.Event()
 
+    def _rebuild(self) -> None:
+        """Owners and pods by deployment, from the watch caches (no API call)."""
+        if not self._stale:
+            return
+        self._stale = False
+        candidates: dict[str, list[dict[str, Any]]] = {}
+        for cache in self.caches[:2]:
+            for cr in cache.items():
+                dep_id = own_deployment_id(cr)
+                if dep_id:
+                    candidates.setdefault(dep_id, []).append(cr)
+        # The earliest resource owns a shared deployment id (as the operator decides), whatever the list order.
+        self._owners = {d: min(crs, key=lambda c: (c["metadata"].get("creationTimestamp") or "",
+                                                   c["metadata"]["name"])) for d, crs in candidates.items()}
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.caches[2].items():
+            label = (pod["metadata"].get("labels") or {}).get(LABEL_DEPLOYMENT)
+            if label:
+                pods.setdefault(label, []).append(pod)
+        self._pods = pods
+
+    async def refresh(self) -> None:
+        """The view as the watches last saw it (kept for callers that used to poll)."""
+        self._stale = True
+        self._rebuild()
+
+    async def settle(self, done: Any, timeout: float = 5.0) -> bool:
+        """Wait until the watches show what a write just did (``done()`` true), at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._rebuild()
+            if done():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._fresh.wait(), max(0.01, deadline - time.monotonic()))
+
+    def custom_resources(self, plural: str) -> list[dict[str, Any]]:
+        return self.caches[0 if plural == DEPLOYMENTS else 1].items()
+
+    def custom_resource(self, plural: str, name: str) -> dict[str, Any] | None:
+        return self.caches[0 if plural == DEPLOYMENTS else 1].get(self.namespace, name)
+
+    def owner(self, deployment_id: str) -> dict[str, Any] | None:
+        self._rebuild()
+        return self._owners.get(deployment_id)
+
+    async def _keep_demand_visible(self) -> None:
+        """While requests wait for a first allocation, re-stamp the demand the autoscaler reads."""
+        from .autoscaling import demand_refresh_s
+
+        while True:
+            await asyncio.sleep(demand_refresh_s(self.settings))
+            for deployment_id, held in list(self._held.items()):
+                if held > 0:
+                    try:
+                        await self._record_demand(deployment_id, held)
+                    except Exception:  # the next round retries
+                        log.exception("could not record the demand of deployment [%s]", deployment_id)
+
+    async def _record_demand(self, deployment_id: str, held: int) -> None:
+        from .autoscaling import record_demand
+
+        owner = self.owner(deployment_id)
+        if owner is not None:
+            await record_demand(self.kube, self.namespace, deployment_id, held, owner,
+                                ENDPOINTS if owner["kind"] == ENDPOINT_KIND else DEPLOYMENTS)
+
     def _pod_list(self, deployment_id: str) -> list[dict[str, Any]]:
+        self._rebuild()
         return self._pods.get(label_value(deployment_id), [])
 
     @staticmethod
@@ -309,7 +392,8 @@ class KubeRuntime:
     # -- Runtime surface --------------------------------------------------------------------------
 
     async def apply(self, deployment: Deployment, allocations: int | None = None) -> None:
-        await self.refresh()  # the resource was just written; the operator does the rest
+        # The resource was just written (the operator does the rest): answer once the watch shows it.
+        await self.settle(lambda: deployment.deployment_id in self._owners)
 
     async def remove(self, deployment_id: str) -> None:
         self._owners.pop(deployment_id, None)
@@ -318,7 +402,7 @@ class KubeRuntime:
         """The operator's autoscaler scales deployments in a cluster; the gateway only wakes ones at zero."""
 
     def status(self, deployment_id: str) -> DeploymentStatus | None:
-        owner = self._owners.get(deployment_id)
+        owner = self.owner(deployment_id)
         if owner is None:
             return None
         st = owner.get("status") or {}
@@ -345,7 +429,6 @@ class KubeRuntime:
     async def wait(self, deployment_id: str, timeout: float, *, fully: bool = True) -> DeploymentStatus:
         deadline = time.monotonic() + timeout
         while True:
-            await self.refresh()
             status = self.status(deployment_id)
             if status is not None:
                 done = status.state == "failed" or (
@@ -355,7 +438,9 @@ class KubeRuntime:
                     return status
             elif time.monotonic() >= deadline:
                 return DeploymentStatus(deployment_id, target=1)
-            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            fresh = self._fresh
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fresh.wait(), max(0.01, min(5.0, deadline - time.monotonic())))
 
     async def node_stats(self, deployment_id: str) -> list[dict[str, Any]]:
         async def one(pod: dict[str, Any]) -> dict[str, Any]:
@@ -392,16 +477,16 @@ class KubeRuntime:
                                   "requests; retry later", retry_after=5)
         self._held[deployment_id] = held + 1
         try:
-            owner = self._owners.get(deployment_id)
-            if status.target == 0 and owner is not None:
-                from .autoscaling import scale_from_zero
-
-                await scale_from_zero(self.kube, self.namespace, deployment_id, owner,
-                                      ENDPOINTS if owner["kind"] == ENDPOINT_KIND else DEPLOYMENTS)
+            if held == 0:  # the first one waiting: make the demand visible now (the heartbeat keeps it fresh)
+                try:
+                    await self._record_demand(deployment_id, 1)
+                except Exception:  # the heartbeat retries; the request still waits for a pod
+                    log.exception("could not record the demand of deployment [%s]", deployment_id)
             deadline = time.monotonic() + timeout
             while not self.ready_urls(deployment_id) and time.monotonic() < deadline:
+                fresh = self._fresh
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._fresh.wait(), max(0.05, deadline - time.monotonic()))
+                    await asyncio.wait_for(fresh.wait(), max(0.05, deadline - time.monotonic()))
         finally:
             self._held[deployment_id] -= 1
         urls = self.ready_urls(deployment_id)
@@ -415,6 +500,8 @@ class KubeRuntime:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for cache in self.caches:
+            await cache.close()
         await self.router.close()
         await self._probe.aclose()
 

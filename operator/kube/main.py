@@ -1,7 +1,12 @@
-"""``infernetes operator``: the kopf operator, and the Elasticsearch REST gateway backed by the CRs.
+"""``infernetes operator`` and ``infernetes gateway``: the kopf operator, and the Elasticsearch REST
+gateway backed by the CRs.
 
-kopf runs in its own thread and event loop (its shutdown waits for every task of its loop);
-the gateway runs under uvicorn in the main thread and owns the process signals.
+In a cluster they run as two Deployments (the chart's topology): the operator, leader-elected through
+a Lease so that two replicas are safe, and the gateway, as many replicas as traffic needs, each serving
+from its own watch caches. ``infernetes operator`` without ``--no-gateway`` still runs both in one
+process (development, the plain manifests of old). kopf runs in its own thread and event loop (its
+shutdown waits for every task of its loop); the gateway runs under uvicorn in the main thread and
+owns the process signals.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from ..service import InferenceService, Limits
 from .client import Kube, KubeConfig
 from .gateway import ClusterModels, KubeRuntime, KubeStore
 from .handlers import build_registry
+from .leader import LeaderElector, LeaseSettings
 from .operator import Reconciler
 from .settings import OperatorSettings
 
@@ -30,36 +36,70 @@ def build_cluster_app(config: KubeConfig, namespace: str, settings: OperatorSett
     kube = Kube(config)
     catalog = ClusterModels(settings)
     runtime = KubeRuntime(kube, namespace, settings, poll_interval=poll_interval)
-    service = InferenceService(KubeStore(kube, namespace, catalog, settings.queue_capacity), runtime, catalog,
-                               Limits(queue_capacity=settings.queue_capacity))
+    service = InferenceService(KubeStore(kube, namespace, catalog, settings.queue_capacity, view=runtime), runtime,
+                               catalog, Limits(queue_capacity=settings.queue_capacity))
     app = create_app(service, gateway or GatewaySettings(cluster_name=f"infernetes-{namespace}"),
                      extra_registries=[metrics.registry] if metrics else None)
     app.state.kube = kube
     return app
 
 
+class LostLeadership(RuntimeError):
+    """The Lease was not renewed in time: this replica stops, another one leads."""
+
+
 class OperatorThread(threading.Thread):
+    """The operator in its own thread: with ``lease`` set, it first waits to lead, and stops when it no longer does."""
+
     def __init__(self, config: KubeConfig, settings: OperatorSettings, namespaces: list[str],
-                 liveness: str | None = None, metrics: AutoscalerMetrics | None = None) -> None:
+                 liveness: str | None = None, metrics: AutoscalerMetrics | None = None,
+                 lease: LeaseSettings | None = None) -> None:
         super().__init__(name="kopf", daemon=True)
         self.config, self.settings, self.namespaces, self.liveness = config, settings, namespaces, liveness
         self.metrics = metrics
+        self.lease = lease
         self.stop_flag = threading.Event()
         self.ready = threading.Event()
+        self.leading = threading.Event()
         self.error: BaseException | None = None
+        self.registry_factory = build_registry  # tests wrap it to see what this replica reconciles
+
+    async def _until_stopped(self) -> None:
+        while not self.stop_flag.is_set():
+            await asyncio.sleep(0.1)
 
     def run(self) -> None:
         import kopf
 
         async def main() -> None:
             kube = Kube(self.config)
+            elector = LeaderElector(kube, self.lease) if self.lease else None
+            keeper: asyncio.Task[None] | None = None
             try:
-                registry = build_registry(Reconciler(kube, self.settings), self.config, self.namespaces or None,
-                                          self.metrics)
+                if elector is not None:
+                    acquire = asyncio.ensure_future(elector.acquire())
+                    stopped = asyncio.ensure_future(self._until_stopped())
+                    await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    if not acquire.done():
+                        acquire.cancel()
+                        return
+                    stopped.cancel()
+                    keeper = asyncio.ensure_future(elector.keep())
+                    keeper.add_done_callback(lambda _: self.stop_flag.set())
+                self.leading.set()
+                registry = self.registry_factory(Reconciler(kube, self.settings), self.config,
+                                                 self.namespaces or None, self.metrics)
                 await kopf.operator(registry=registry, standalone=True, namespaces=self.namespaces,
                                     clusterwide=not self.namespaces, stop_flag=self.stop_flag,
                                     ready_flag=self.ready, liveness_endpoint=self.liveness)
+                if elector is not None and elector.lost.is_set():
+                    raise LostLeadership(f"lost the lease {self.lease.namespace}/{self.lease.name}")  # type: ignore[union-attr]
             finally:
+                self.leading.clear()
+                if keeper is not None:
+                    keeper.cancel()
+                    if not elector.lost.is_set():  # type: ignore[union-attr]
+                        await elector.release()  # type: ignore[union-attr]
                 await kube.close()
 
         try:
@@ -85,10 +125,25 @@ def gateway_auth():  # type: ignore[no-untyped-def]
     return Authenticator(KeyFile(Path(path)))
 
 
-def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfig: str | None,
-        config_path: Path | None, liveness_port: int | None, log_level: str) -> int:
+def _gateway_namespace(config: KubeConfig, namespaces: list[str]) -> str:
     import os
 
+    return os.environ.get("INFERNETES_GATEWAY_NAMESPACE") or (
+        namespaces[0] if namespaces else (config.namespace or "default"))
+
+
+def _lease(config: KubeConfig, name: str | None, namespace: str | None) -> LeaseSettings | None:
+    import os
+
+    if not name:
+        return None
+    return LeaseSettings(name=name, namespace=namespace or os.environ.get("POD_NAMESPACE") or config.namespace or
+                         "default")
+
+
+def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfig: str | None,
+        config_path: Path | None, liveness_port: int | None, log_level: str, lease_name: str | None = None,
+        lease_namespace: str | None = None) -> int:
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -96,12 +151,12 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
     settings = OperatorSettings.load(config_path)
     liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
     metrics = AutoscalerMetrics()
-    operator = OperatorThread(config, settings, namespaces, liveness, metrics)
+    operator = OperatorThread(config, settings, namespaces, liveness, metrics,
+                              lease=_lease(config, lease_name, lease_namespace))
     operator.start()
     try:
         if gateway:
-            namespace = os.environ.get("INFERNETES_GATEWAY_NAMESPACE") or (
-                namespaces[0] if namespaces else (config.namespace or "default"))
+            namespace = _gateway_namespace(config, namespaces)
             app = build_cluster_app(config, namespace, settings,
                                     GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()),
                                     metrics=metrics)
@@ -117,3 +172,18 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
         operator.stop_flag.set()
         operator.join(timeout=60)
     return 1 if operator.error else 0
+
+
+def run_gateway(namespace: str | None, *, host: str, port: int, kubeconfig: str | None, config_path: Path | None,
+                log_level: str) -> int:
+    """The gateway alone (its own Deployment): no operator, no leader election; any number of replicas."""
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = KubeConfig.load(kubeconfig)
+    settings = OperatorSettings.load(config_path)
+    namespace = namespace or _gateway_namespace(config, [])
+    app = build_cluster_app(config, namespace, settings,
+                            GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    return 0
