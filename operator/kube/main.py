@@ -125,6 +125,37 @@ def gateway_auth():  # type: ignore[no-untyped-def]
     return Authenticator(KeyFile(Path(path)))
 
 
+def serve_health(operator: OperatorThread, metrics: AutoscalerMetrics, port: int) -> None:
+    """``/healthz`` (200 while the operator thread runs, leading or waiting for the Lease) and the
+    autoscaler's ``/metrics``, on a daemon thread."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            if self.path == "/metrics":
+                code, body, kind = 200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+            elif self.path == "/healthz":
+                alive = operator.is_alive() and not operator.stop_flag.is_set()
+                code, kind = (200 if alive else 503), "application/json"
+                body = b'{"alive": %s, "leading": %s}' % (b"true" if alive else b"false",
+                                                           b"true" if operator.leading.is_set() else b"false")
+            else:
+                code, body, kind = 404, b"{}", "application/json"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - the pod's own interface
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+
+
 def _gateway_namespace(config: KubeConfig, namespaces: list[str]) -> str:
     import os
 
@@ -149,11 +180,14 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = KubeConfig.load(kubeconfig)
     settings = OperatorSettings.load(config_path)
-    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None
+    lease = _lease(config, lease_name, lease_namespace)
     metrics = AutoscalerMetrics()
-    operator = OperatorThread(config, settings, namespaces, liveness, metrics,
-                              lease=_lease(config, lease_name, lease_namespace))
+    # kopf serves liveness only while it runs, i.e. while leading: a standby replica answers it itself.
+    liveness = f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port and lease is None else None
+    operator = OperatorThread(config, settings, namespaces, liveness, metrics, lease=lease)
     operator.start()
+    if liveness_port and lease is not None:
+        serve_health(operator, metrics, liveness_port)
     try:
         if gateway:
             namespace = _gateway_namespace(config, namespaces)

@@ -80,17 +80,23 @@ def test_operator_settings_are_accepted(feature):
         assert settings.hub_token_secret == "hf" and settings.seed_dir == "/opt/infernetes/seed"
     if feature == "shared-model-cache":
         assert settings.model_cache_pvc == "infernetes-models"
-    if feature == "defaults":
-        assert settings == OperatorSettings(image=settings.image)  # chart defaults are the operator's
+    if feature == "defaults":  # chart defaults are the operator's, plus the worker credential (on by default)
+        assert settings == OperatorSettings(image=settings.image,
+                                            worker_credential_secret="infernetes-worker-credential")
+
+
+def operator_roles(docs):
+    """The operator's Roles (not the gateway's nor the leader election's)."""
+    return [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "infernetes"]
 
 
 def test_rbac_modes():
     default = render({})
-    assert kinds(default).count("Role") == 1 and "ClusterRole" not in kinds(default)
+    assert len(operator_roles(default)) == 1 and "ClusterRole" not in kinds(default)
     namespaced = render({"watchNamespaces": ["search", "ingest"]})
-    assert sorted(d["metadata"]["namespace"] for d in namespaced if d["kind"] == "Role") == ["ingest", "search"]
+    assert sorted(d["metadata"]["namespace"] for d in operator_roles(namespaced)) == ["ingest", "search"]
     cluster = render({"clusterWide": True})
-    assert "ClusterRole" in kinds(cluster) and "Role" not in kinds(cluster)
+    assert "ClusterRole" in kinds(cluster) and not operator_roles(cluster)
     (role,) = [d for d in cluster if d["kind"] == "ClusterRole"]
     assert role["rules"] == yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     verbs = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
@@ -99,21 +105,32 @@ def test_rbac_modes():
     assert ("", "secrets", "get") not in verbs and not any(r == "*" or v == "*" for _, r, v in verbs)
 
 
-def test_operator_pod_is_locked_down():
-    (dep,) = [d for d in render({}) if d["kind"] == "Deployment"]
+def deployment(docs, component):
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"
+              and d["metadata"]["labels"]["app.kubernetes.io/component"] == component]
+    return dep
+
+
+@pytest.mark.parametrize("component", ["operator", "gateway"])
+def test_pods_are_locked_down(component):
+    dep = deployment(render({}), component)
     spec = dep["spec"]["template"]["spec"]
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (c,) = spec["containers"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert "--namespace=infernetes-system" in c["args"]
-    assert {"name": "INFERNETES_API_KEYS_FILE", "value": "/etc/infernetes/api-keys/api-keys.json"} in c["env"]
+    env = {e["name"]: e for e in c["env"]}
+    if component == "operator":
+        assert "--namespace=infernetes-system" in c["args"] and "--no-gateway" in c["args"]
+        assert "INFERNETES_API_KEYS_FILE" not in env and "INFERNETES_WORKER_AUTH_TOKEN" not in env
+    else:
+        assert c["command"] == ["infernetes", "gateway"] and "--namespace=infernetes-system" in c["args"]
+        assert env["INFERNETES_API_KEYS_FILE"]["value"] == "/etc/infernetes/api-keys/api-keys.json"
 
 
 def test_generated_api_key_secret():
-    (secret,) = [d for d in render({}) if d["kind"] == "Secret"]
+    (secret,) = [d for d in render({}) if d["kind"] == "Secret" and d["metadata"]["name"] == "infernetes-api-keys"]
     data = secret["stringData"]
     import base64
     import hashlib
@@ -122,16 +139,20 @@ def test_generated_api_key_secret():
     keys = json.loads(data["api-keys.json"])
     assert keys[0]["hash"] == "sha256::" + hashlib.sha256(data["key"].encode()).hexdigest()
     assert base64.b64decode(data["encoded"]).decode() == f"{data['id']}:{data['key']}"
-    assert not [d for d in render({"auth": {"existingSecret": "mine"}}) if d["kind"] == "Secret"]
+    assert not [d for d in render({"auth": {"existingSecret": "mine"}})
+                if d["kind"] == "Secret" and "api-keys.json" in d["stringData"]]
 
 
-def test_network_policies_cover_workers_and_gateway():
+def test_network_policies_cover_workers_gateway_and_operator():
     policies = [d for d in render({"networkPolicy": {"enabled": True}}) if d["kind"] == "NetworkPolicy"]
     names = {p["metadata"]["name"] for p in policies}
-    assert names == {"infernetes-workers", "infernetes-gateway"}
+    assert names == {"infernetes-workers", "infernetes-gateway", "infernetes-operator"}
     workers = next(p for p in policies if p["metadata"]["name"] == "infernetes-workers")
     assert workers["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
-    assert len(workers["spec"]["ingress"][0]["from"]) == 2  # the gateway and Prometheus, nobody else
+    sources = workers["spec"]["ingress"][0]["from"]
+    # The gateway, the operator (the autoscaler's /metrics) and Prometheus, nobody else.
+    assert [s["podSelector"]["matchLabels"].get("app.kubernetes.io/component") for s in sources] == [
+        "gateway", "operator", None]
 
 
 @pytest.mark.parametrize("bad", [

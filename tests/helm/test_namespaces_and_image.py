@@ -26,9 +26,10 @@ def render(values: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
 
 
 def gateway_namespace(docs: list[dict[str, Any]]) -> str:
-    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    return env["INFERNETES_GATEWAY_NAMESPACE"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-gateway")]
+    (arg,) = [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+              if a.startswith("--namespace=")]
+    return arg.split("=", 1)[1]
 
 
 @pytest.mark.parametrize("values,served", [
@@ -41,9 +42,11 @@ def gateway_namespace(docs: list[dict[str, Any]]) -> str:
 def test_gateway_serves_a_watched_namespace_and_notes_say_so(values, served):
     docs, notes = render(values)
     assert gateway_namespace(docs) == served
-    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"}
+    roles = {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "infernetes"}
     if not values.get("clusterWide"):
-        assert served in roles, "the gateway reads endpoints where the operator has a Role"
+        assert served in roles, "the gateway serves endpoints where the operator has a Role"
+    (gateway_role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "infernetes-gateway"]
+    assert gateway_role["metadata"]["namespace"] == served, "the gateway's own Role is where it serves"
     assert f"serves the endpoints of namespace {served}." in notes
     assert f"kubectl apply -n {served} -f -" in notes and f"kubectl wait -n {served} " in notes
 

@@ -58,6 +58,17 @@ app.kubernetes.io/component: operator
 {{/* The Secret (key `token`) holding the credential workers demand from the gateway; empty when off. */}}
 {{- define "infernetes.workerCredentialSecret" -}}
 {{- if and .Values.workers.credential.enabled (not .Values.clusterWide) -}}
-{{- printf "%s-worker-credential" (include "infernetes.fullname" .) -}}
+{{- default (printf "%s-worker-credential" (include "infernetes.fullname" .)) .Values.workers.credential.existingSecret -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The gateway's pods: its Deployment's selector, the Service's, the PDB's and the NetworkPolicies'. */}}
+{{- define "infernetes.gatewaySelector" -}}
+app.kubernetes.io/name: infernetes
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "infernetes.gatewayName" -}}
+{{- printf "%s-gateway" (include "infernetes.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
