@@ -10,12 +10,14 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 import yaml
 from aiohttp import web
 
+from .kubelet import Kubelet
 from .routes import Routes
 from .rbac import User
 from .server import ApiServer
@@ -24,7 +26,11 @@ from .tls import self_signed, server_context
 
 class ClusterBox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, bookmark_interval: float = 5.0, history: int = 10_000,
-                 owner_reference_enforcement: bool = True):
+                 owner_reference_enforcement: bool = True, kubelet: bool = False, images: Mapping[str, Any] | None = None,
+                 backoff_base: float = 10.0):
+        """kubelet: run the pods bound to the box's node as processes (kubelet.py); images: image
+        name -> kubelet.Image or a venv's bin folder (default: the project's image -> .venv);
+        backoff_base: the first restart and image-pull back-off in seconds (10 in Kubernetes)."""
         self.host = host
         self.port = port or _free_port(host)
         self.server = ApiServer(secrets.token_urlsafe(24), bookmark_interval, history, owner_reference_enforcement)
@@ -35,6 +41,8 @@ class ClusterBox:
         self._error: BaseException | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="clusterbox-")
         self.ca_path, self._key_path = self_signed(Path(self._tmp.name), host)
+        self._kubelet_options = {"images": images, "backoff_base": backoff_base} if kubelet else None
+        self.kubelet: Kubelet | None = None
 
     @property
     def url(self) -> str:
@@ -65,6 +73,12 @@ class ClusterBox:
             await self._runner.setup()
             await web.TCPSite(self._runner, self.host, self.port, ssl_context=server_context(self.ca_path, self._key_path)).start()
             self._gc = loop.create_task(self.server.gc_loop())
+            if self._kubelet_options is not None:
+                self.kubelet = Kubelet(self.server, Path(self._tmp.name) / "kubelet", getattr(self, "node_name", "box-node"),
+                                       token_for=self.token_for_async, ca_path=self.ca_path, api_host=self.host,
+                                       api_port=self.port, **self._kubelet_options)
+                self.server.kubelet = self.kubelet  # type: ignore[attr-defined]  # GET pods/{name}/log
+                self.kubelet.start()
 
         try:
             loop.run_until_complete(boot())
@@ -82,6 +96,8 @@ class ClusterBox:
             return
 
         async def shutdown() -> None:
+            if self.kubelet is not None:
+                await self.kubelet.stop()  # every pod's processes killed before the box is gone
             self.server.drop_watches(None)
             self._gc.cancel()
             if self._runner is not None:
@@ -106,6 +122,12 @@ class ClusterBox:
         """A bearer token authenticating as the ServiceAccount (as a projected token would)."""
         token = secrets.token_urlsafe(24)
         self.server.call(self.server.tokens.__setitem__, token, User.service_account(namespace, service_account))
+        return token
+
+    def token_for_async(self, namespace: str, service_account: str) -> str:
+        """token_for, from the box's own loop (the kubelet mounting a pod's token)."""
+        token = secrets.token_urlsafe(24)
+        self.server.tokens[token] = User.service_account(namespace, service_account)
         return token
 
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:

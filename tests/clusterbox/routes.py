@@ -116,7 +116,8 @@ class Routes:
     async def _resource_request(self, request: web.Request, user: User, group: str, version: str,
                                 rest: list[str]) -> web.StreamResponse:
         res, namespace, name, sub = self._parse(group, version, rest)
-        if sub is not None and not ((sub == "status" and res.status) or (sub == "scale" and res.scale)):
+        pod_log = sub == "log" and res.key == ("", "pods") and getattr(self.s, "kubelet", None) is not None
+        if sub is not None and not ((sub == "status" and res.status) or (sub == "scale" and res.scale) or pod_log):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         q = request.query
         watch = q.get("watch") in ("true", "1")
@@ -141,6 +142,10 @@ class Routes:
         if res.namespaced and namespace is None and verb not in ("list", "watch"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         self._authorize(user, verb, res, namespace, name, sub)
+        if pod_log:
+            if verb != "get":
+                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return await self._pod_log(request, namespace or "", name or "")
         agent = request.headers.get("User-Agent", "")
         rq = Request(res, namespace, name, sub, verb, user, agent.split("/", 1)[0].split(" ", 1)[0] if agent else "unknown")
         if verb == "watch":
@@ -167,6 +172,43 @@ class Routes:
         if verb == "delete":
             return _json(self._delete(rq, q, self._body(body, request.content_type) if body else {}))
         return _json(self._delete_collection(rq, q))
+
+    async def _pod_log(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
+        """GET pods/{name}/log (`kubectl logs`): container, previous, tailLines, limitBytes, follow."""
+        q = request.query
+        path, container = self.s.kubelet.log_file(namespace, name, q.get("container"), q.get("previous") in ("true", "1"))  # type: ignore[attr-defined]
+        try:
+            tail = int(q["tailLines"]) if "tailLines" in q else None
+            limit = int(q["limitBytes"]) if "limitBytes" in q else None
+        except ValueError:
+            raise ApiError(400, "BadRequest", "tailLines and limitBytes must be integers") from None
+        data = path.read_bytes() if path.exists() else b""
+        if tail is not None:
+            data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail > 0 else b""
+        if limit is not None:
+            data = data[:limit]
+        if q.get("follow") not in ("true", "1"):
+            return web.Response(body=data, content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain", "Transfer-Encoding": "chunked"})
+        await response.prepare(request)
+        await response.write(data)
+        offset = path.stat().st_size if path.exists() else 0
+        try:
+            while True:  # until this container instance ends (or the client goes away)
+                done = container.proc is None or container.log != path
+                chunk = b""
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                if chunk:
+                    offset += len(chunk)
+                    await response.write(chunk)
+                if done:
+                    break
+                await asyncio.sleep(0.1)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
 
     async def _review(self, request: web.Request, user: User, verb: str) -> web.Response:
         if verb != "create":
@@ -445,7 +487,12 @@ class Routes:
             raise ApiError(403, "Forbidden", f'namespaces "{rq.name}" is forbidden: this namespace may not be deleted', _details(res, rq.name))
         if q.get("dryRun") == "All" or options.get("dryRun") == ["All"]:
             return self._out(res, obj)
-        return self._out(res, self.s._delete_object(res, obj, policy))
+        grace = q.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+        try:
+            grace = None if grace is None else int(grace)
+        except (TypeError, ValueError):
+            raise ApiError(400, "BadRequest", f"gracePeriodSeconds must be an integer, got {grace!r}") from None
+        return self._out(res, self.s._delete_object(res, obj, policy, grace))
 
     def _delete_collection(self, rq: Request, q: Any) -> dict[str, Any]:
         items = self._visible(rq, q)

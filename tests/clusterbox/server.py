@@ -273,7 +273,8 @@ class ApiServer:
     def _store_update(self, res: Resource, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         new["metadata"]["resourceVersion"] = str(self._next_rv())
         meta = new["metadata"]
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        # Gone once nothing holds it: no finalizer left and no grace period running (a pod's kubelet ends that).
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not meta.get("deletionGracePeriodSeconds"):
             self.objects[res.key].pop((meta.get("namespace", ""), meta["name"]), None)
             self._emit(res, "DELETED", new, old)
             self._after_removal(res, new)
@@ -387,8 +388,12 @@ class ApiServer:
             del new["metadata"]["finalizers"]
         self._store_update(res, obj, new)
 
-    def _delete_object(self, res: Resource, obj: dict[str, Any], policy: str) -> dict[str, Any]:
+    def _delete_object(self, res: Resource, obj: dict[str, Any], policy: str, grace: int | None = None) -> dict[str, Any]:
         meta = obj["metadata"]
+        if res.key == ("", "pods") and getattr(self, "kubelet", None) is not None:
+            held = self.kubelet.graceful_delete(obj, grace)  # type: ignore[attr-defined]
+            if held is not None:
+                return held
         fins = list(meta.get("finalizers") or [])
         if policy == "Foreground" and "foregroundDeletion" not in fins:
             fins.append("foregroundDeletion")
