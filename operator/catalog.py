@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..worker.download import Progress, builtin, canonical_id, offline_hint, pull
-from ..worker.elastic_format import Uploads
+from ..worker.elastic_format import Uploads, eland_names_for
 from ..worker.elastic_repository import pull_elastic, repository_url
 from ..worker.modelstore import ModelInfo, ModelStore
 from .errors import BadRequest, ResourceNotFound
@@ -46,6 +46,10 @@ class ModelCatalog:
                     f"Could not find trained model [{model_id}]: it is a built-in model that has not been "
                     f"downloaded; {offline_hint(canonical_id(model_id))}"
                 )
+            similar = eland_names_for(model_id, [m.model_id for m in self.store.list()])
+            if similar:
+                raise ResourceNotFound(f"Could not find trained model [{model_id}]; did you mean [{similar[0]}]? "
+                                       "(Eland stores models under lowercase ids, a hub id's `/` as `__`)")
             raise ResourceNotFound(
                 f"Could not find trained model [{model_id}]; import it into the model store with "
                 f"`infernetes models import <folder> --model-id {model_id}`"

@@ -69,6 +69,21 @@ def id_errors(model_id: str) -> list[str]:
     return errors
 
 
+def eland_id(hub_id: str) -> str:
+    """The id Eland gives a hub model when ``--es-model-id`` is not set (``elasticsearch_model_id`` in Eland):
+    white space, ``/`` and ``\\`` as ``__``, lower case, the last 64 characters, no leading ``__``."""
+    return re.sub(r"[\s\\/]", "__", hub_id).lower()[-ID_LIMIT:].removeprefix("__")
+
+
+def eland_names_for(model_id: str, known: list[str]) -> list[str]:
+    """Known ids that a user who wrote ``model_id`` (e.g. the Elasticsearch page's ``msmarco-MiniLM-L12-cos-v5``)
+    most likely uploaded with Eland: the id in lower case, or a hub id ``org__<id in lower case>``."""
+    if model_id.startswith("."):
+        return []
+    wanted = eland_id(model_id)
+    return [k for k in known if k != model_id and (k == wanted or k.endswith("__" + wanted))]
+
+
 def validate_config(model_id: str, body: Any) -> dict[str, Any]:
     """A ``PUT _ml/trained_models/{id}`` body checked as Elasticsearch checks it; returns the config to store."""
     if not isinstance(body, dict):
