@@ -27,7 +27,8 @@ def crd_docs() -> list[dict[str, Any]]:
 @pytest.fixture
 def gbox() -> Iterator[ClusterBox]:
     """A fresh box (it starts in milliseconds) with the project's CRDs and the test namespace."""
-    box = ClusterBox(bookmark_interval=0.3).start()
+    # No controllers: these tests write the worker pods themselves, as a kubelet-less cluster would show them.
+    box = ClusterBox(bookmark_interval=0.3, controllers=False).start()
     try:
         with box.client() as api:
             for doc in crd_docs():

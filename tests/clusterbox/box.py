@@ -17,6 +17,7 @@ import httpx
 import yaml
 from aiohttp import web
 
+from .controllers import NODE_NAME, Controllers
 from .kubelet import Kubelet
 from .routes import Routes
 from .rbac import User
@@ -27,10 +28,12 @@ from .tls import self_signed, server_context
 class ClusterBox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, bookmark_interval: float = 5.0, history: int = 10_000,
                  owner_reference_enforcement: bool = True, kubelet: bool = False, images: Mapping[str, Any] | None = None,
-                 backoff_base: float = 10.0):
+                 backoff_base: float = 10.0, controllers: bool = True, node_cpu: str = "2", node_memory: str = "8Gi"):
         """kubelet: run the pods bound to the box's node as processes (kubelet.py); images: image
         name -> kubelet.Image or a venv's bin folder (default: the project's image -> .venv);
-        backoff_base: the first restart and image-pull back-off in seconds (10 in Kubernetes)."""
+        backoff_base: the first restart and image-pull back-off in seconds (10 in Kubernetes);
+        controllers: run the Deployment, ReplicaSet, scheduler and EndpointSlice controllers
+        (controllers.py) with one Node of node_cpu and node_memory allocatable."""
         self.host = host
         self.port = port or _free_port(host)
         self.server = ApiServer(secrets.token_urlsafe(24), bookmark_interval, history, owner_reference_enforcement)
@@ -43,6 +46,13 @@ class ClusterBox:
         self.ca_path, self._key_path = self_signed(Path(self._tmp.name), host)
         self._kubelet_options = {"images": images, "backoff_base": backoff_base} if kubelet else None
         self.kubelet: Kubelet | None = None
+        self.controllers = Controllers(self.server, NODE_NAME, node_cpu, node_memory) if controllers else None
+        self._controllers_task: asyncio.Task[None] | None = None
+
+    @property
+    def node_name(self) -> str:
+        """The box's one Node, where the scheduler binds pods (and the kubelet runs them)."""
+        return NODE_NAME
 
     @property
     def url(self) -> str:
@@ -73,6 +83,8 @@ class ClusterBox:
             await self._runner.setup()
             await web.TCPSite(self._runner, self.host, self.port, ssl_context=server_context(self.ca_path, self._key_path)).start()
             self._gc = loop.create_task(self.server.gc_loop())
+            if self.controllers is not None:
+                self._controllers_task = loop.create_task(self.controllers.run())
             if self._kubelet_options is not None:
                 self.kubelet = Kubelet(self.server, Path(self._tmp.name) / "kubelet", getattr(self, "node_name", "box-node"),
                                        token_for=self.token_for_async, ca_path=self.ca_path, api_host=self.host,
@@ -100,6 +112,8 @@ class ClusterBox:
                 await self.kubelet.stop()  # every pod's processes killed before the box is gone
             self.server.drop_watches(None)
             self._gc.cancel()
+            if self._controllers_task is not None:
+                self._controllers_task.cancel()
             if self._runner is not None:
                 await self._runner.cleanup()
 

@@ -80,6 +80,7 @@ BUILTIN: list[Resource] = [
     _r("", "v1", "pods", "Pod", short_names=("po",), categories=("all",), status=True,
        field_labels=("status.phase", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
                      "spec.serviceAccountName", "status.podIP", "status.nominatedNodeName", "spec.hostNetwork")),
+    _r("", "v1", "nodes", "Node", False, short_names=("no",), status=True, field_labels=("spec.unschedulable",)),
     _r("", "v1", "services", "Service", short_names=("svc",), categories=("all",), status=True),
     _r("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     _r("", "v1", "secrets", "Secret", field_labels=("type",)),

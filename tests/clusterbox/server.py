@@ -187,6 +187,7 @@ class ApiServer:
         self.requests: list[tuple[str, str | None, str]] = []  # (verb, resource, user) of each API request
         self.loop: asyncio.AbstractEventLoop | None = None
         self._gc_wake: asyncio.Event | None = None
+        self.listeners: list[Any] = []  # called with each Event (the controllers wake on them)
         for r in BUILTIN:
             self.resources[(r.group, r.version, r.plural)] = r
             self.objects.setdefault(r.key, {})
@@ -252,6 +253,8 @@ class ApiServer:
                 w.queue.put_nowait(ev)
         if self._gc_wake is not None:
             self._gc_wake.set()
+        for listener in list(self.listeners):
+            listener(ev)
 
     def compact(self) -> int:
         """Forget the watch history up to now, as etcd compaction does: resuming below is 410."""
@@ -488,6 +491,8 @@ class ApiServer:
             meta["name"] = name
             if res.status:
                 new.pop("status", None)
+            if res.kind == "Pod" and not res.group:  # what the pod strategy sets on create
+                new["status"] = {"phase": "Pending"}
             if res.kind == "Namespace" and not res.group:  # what the namespace strategy sets
                 new["spec"] = {"finalizers": ["kubernetes"]}
                 new["status"] = {"phase": "Active"}
