@@ -325,9 +325,10 @@ def cmd_models_ensure(args: argparse.Namespace) -> int:
             print(f"[{info.model_id}] is in the model store ({info.size_bytes / 1e6:.0f} MB)")
             return 0
         print(f"[{info.model_id}] is damaged ({', '.join(problems)}): downloading it again", file=sys.stderr)
-    if args.repo is None and builtin(args.model_id) is None:
+    if args.repo is None and builtin(args.model_id) is None and not args.repository:
         message = (f"Could not find trained model [{args.model_id}] in the model store, and it is not a built-in model: "
-                   "import it into the model cache, or declare its hub repository in the operator's models settings")
+                   "import it into the model cache, declare its hub repository in the operator's models settings, "
+                   "or upload it with Eland to a gateway that has an upload volume")
         print(f"infernetes: {message}", file=sys.stderr)
         _termination_message(message)
         return 1
@@ -547,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--task", choices=["text_embedding", "sparse_embedding", "rerank"],
                      help="check the repository serves this task (detected otherwise)")
     ens.add_argument("--hub", help="hub URL (default: $INFERNETES_MODEL_HUB, $HF_ENDPOINT, else huggingface.co)")
-    ens.add_argument("--repository", help="Elastic's model repository for built-in models (https://, http:// or "
-                     "file://; default: $INFERNETES_MODEL_REPOSITORY)")
+    ens.add_argument("--repository", help="a repository in Elastic's layout (https://, http:// or file://): Elastic's "
+                     "for built-in models (default: $INFERNETES_MODEL_REPOSITORY), or the gateway's uploads route for "
+                     "models uploaded with Eland ($INFERNETES_REPOSITORY_TOKEN: its bearer token)")
     ens.add_argument("--verify", action="store_true", help="check the checksums of a model already in the store")
     ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)

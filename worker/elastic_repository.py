@@ -27,6 +27,8 @@ from .elastic_format import ElasticFormatError, install, validate_config
 from .modelstore import ModelInfo, ModelStore, ModelStoreError, check_model_id
 
 REPOSITORY_ENV = "INFERNETES_MODEL_REPOSITORY"
+# A bearer token for an http(s) repository that demands one (the gateway's uploads route in a cluster).
+REPOSITORY_TOKEN_ENV = "INFERNETES_REPOSITORY_TOKEN"
 
 
 def repository_url() -> str | None:
@@ -42,13 +44,16 @@ class Repository:
             raise DownloadError(f"model repository [{url}] must be an https://, http:// or file:// URL")
         self.url = url.rstrip("/")
         self.local = Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+        token = os.environ.get(REPOSITORY_TOKEN_ENV)
+        self.headers = {"Authorization": f"Bearer {token}"} if token and self.local is None else {}
 
     def read(self, name: str) -> bytes | None:
         """A small file, or None when the repository does not have it."""
         if self.local is not None:
             path = self.local / name
             return path.read_bytes() if path.is_file() else None
-        resp = httpx.get(f"{self.url}/{name}", follow_redirects=True, timeout=30, trust_env=True)
+        resp = httpx.get(f"{self.url}/{name}", headers=self.headers, follow_redirects=True, timeout=30,
+                         trust_env=True)
         if resp.status_code == 404:
             return None
         resp.raise_for_status()
@@ -57,7 +62,7 @@ class Repository:
     def fetch(self, name: str, target: Path, size: int, progress: Progress) -> None:
         """The file into ``target``, resuming from ``<target>.part``."""
         if self.local is None:
-            fetch(f"{self.url}/{name}", target, size, {}, progress)
+            fetch(f"{self.url}/{name}", target, size, dict(self.headers), progress)
             return
         source = self.local / name
         if not source.is_file():

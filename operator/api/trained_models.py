@@ -77,13 +77,16 @@ def _es_error(exc: ElasticFormatError) -> InfernetesError:
 
 def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
     api = APIRouter(tags=["ml"])
-    # The in-cluster gateway has no model store of its own (pods pull what they serve): no uploads there yet.
+    # In a cluster the gateway keeps uploads on its upload volume (operator/kube/uploads.py) and worker pods pull
+    # them from it; without that volume it has no model store, and uploads are refused.
     store = getattr(service.catalog, "store", None)
     local = Uploads(store) if store is not None else None
+    pulls_locally = store is not None and getattr(service.catalog, "pulls_locally", True)
 
     def uploads_here() -> Uploads:
         if local is None:
-            raise BadRequest("Uploading models (Eland) to the in-cluster gateway is not supported yet: upload to "
+            raise BadRequest("Uploading models (Eland) to this gateway needs an upload volume: set the chart's "
+                             "`gateway.uploads.existingClaim` (operator setting `uploads_dir`), or upload to "
                              "`infernetes serve`, or publish the model in Elastic's repository layout and set the "
                              "model repository")
         return local
@@ -115,7 +118,7 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
                                     "at inference model creation for packaged model"]
                                    if isinstance(body, dict) else ["request body must be a JSON object"])
         task = service.catalog.task_of(model_id)
-        if local is not None and service.catalog.get(model_id) is None:  # in a cluster, worker pods pull it
+        if pulls_locally and service.catalog.get(model_id) is None:  # in a cluster, worker pods pull it
             if flag(request, "wait_for_completion"):
                 try:
                     await asyncio.to_thread(service.catalog.pull, model_id)
@@ -128,7 +131,7 @@ def router(service: InferenceService, settings: GatewaySettings) -> APIRouter:
         return {"model_id": model_id, "model_type": "pytorch", "created_by": "api_user",
                 "inference_config": {ES_TASK.get(task or "", task or ""): {}},
                 "input": body.get("input", {"field_names": ["text_field"]}),
-                "fully_defined": local is None or service.catalog.get(model_id) is not None}
+                "fully_defined": not pulls_locally or service.catalog.get(model_id) is not None}
 
     pulling: set[asyncio.Future[None]] = set()
 

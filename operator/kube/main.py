@@ -21,11 +21,12 @@ from ..gateway import GatewaySettings, create_app
 from ..runtime.autoscaling import AutoscalerMetrics
 from ..service import InferenceService, Limits
 from .client import Kube, KubeConfig
-from .gateway import ClusterModels, KubeRuntime, KubeStore
+from .gateway import KubeRuntime, KubeStore
 from .handlers import build_registry
 from .leader import LeaderElector, LeaseSettings
 from .operator import Reconciler
 from .settings import OperatorSettings
+from .uploads import UploadsRoute, uploads_catalog
 
 log = logging.getLogger("infernetes.operator")
 
@@ -34,12 +35,13 @@ def build_cluster_app(config: KubeConfig, namespace: str, settings: OperatorSett
                       gateway: GatewaySettings | None = None, *, poll_interval: float = 1.0,
                       metrics: AutoscalerMetrics | None = None):  # type: ignore[no-untyped-def]
     kube = Kube(config)
-    catalog = ClusterModels(settings)
+    catalog = uploads_catalog(settings)  # with the upload volume, when the settings name one (Eland)
     runtime = KubeRuntime(kube, namespace, settings, poll_interval=poll_interval)
     service = InferenceService(KubeStore(kube, namespace, catalog, settings.queue_capacity, view=runtime), runtime,
                                catalog, Limits(queue_capacity=settings.queue_capacity))
     app = create_app(service, gateway or GatewaySettings(cluster_name=f"infernetes-{namespace}"),
                      extra_registries=[metrics.registry] if metrics else None)
+    app.add_middleware(UploadsRoute, catalog=catalog)  # worker pods pull uploaded models (worker credential)
     app.state.kube = kube
     return app
 

@@ -94,6 +94,10 @@ class Reconciler:
         if found.deployment is not None:
             dep = found.deployment
             task = self.catalog.task_of(dep.model_id)
+            if task is None:  # a model uploaded to the gateway (Eland)? Its metadata says.
+                from .uploads import uploaded_task
+
+                task = await uploaded_task(self.settings, dep.model_id)
             if task is None:
                 found.problem = ("ModelNotFound", (
                     f"Could not find trained model [{dep.model_id}]: it is neither a built-in model nor declared in "

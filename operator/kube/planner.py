@@ -14,6 +14,7 @@ from typing import Any
 
 from ...worker.config import AUTH_TOKEN_ENV
 from ...worker.download import builtin, canonical_id
+from ...worker.elastic_repository import REPOSITORY_TOKEN_ENV
 from ..records import Deployment
 from . import (
     ANNOTATION_DEPLOYMENT_ID,
@@ -88,9 +89,24 @@ def pull_command(model_id: str, settings: OperatorSettings) -> list[str]:
         command += ["--hub", settings.model_hub]
     if settings.model_repository and builtin(model_id) is not None:
         command += ["--repository", settings.model_repository]
+    elif _uploaded(model_id, settings):
+        command += ["--repository", str(settings.uploads_url)]
     if settings.seed_dir:
         command += ["--seed-dir", settings.seed_dir]
     return command
+
+
+def _uploaded(model_id: str, settings: OperatorSettings) -> bool:
+    """A model neither built in nor declared: one uploaded to the gateway (Eland), when uploads are set up."""
+    return bool(settings.uploads_url) and builtin(model_id) is None and model_id not in settings.models
+
+
+def pull_env(model_id: str, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The pull's credential for the gateway's uploads route: the worker credential, sent only there."""
+    if not (_uploaded(model_id, settings) and settings.worker_credential_secret):
+        return []
+    return [{"name": REPOSITORY_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+        "name": settings.worker_credential_secret, "key": "token"}}}]
 
 
 def _security() -> dict[str, Any]:
@@ -138,7 +154,7 @@ def plan(
         "image": settings.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": pull_command(dep.model_id, settings),
-        "env": common_env + hub_env,
+        "env": common_env + hub_env + pull_env(dep.model_id, settings),
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
         "securityContext": _security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -44,6 +44,10 @@ class OperatorSettings(BaseModel):
     model_repository: str | None = Field(
         None, description="Elastic's model repository (https:// or file:// URL) for the built-in models: Elastic's "
                           "own ELSER, E5 and rerank files instead of the hub's open checkpoints")
+    # Eland uploads (operator/kube/uploads.py): the gateway keeps them in this folder (its upload volume), and
+    # worker pods pull them from this URL (the gateway Service's internal route). Unset: uploads are refused.
+    uploads_dir: str | None = None
+    uploads_url: str | None = None
     # A model store baked into the image (air-gapped clusters): models found there are copied, not downloaded.
     seed_dir: str | None = None
     hub_token_secret: str | None = Field(None, description="Secret with key HF_TOKEN for private hub models")
