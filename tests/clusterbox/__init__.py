@@ -30,9 +30,17 @@ documents (the real Kubernetes schemas from kubernetes-validate, so `kubectl exp
 TLS with a self-signed CA (kubectl sends tokens only over TLS); server-side printing of custom
 resources, so `kubectl get` and `get -w` show the CRDs' printer columns.
 
-What it does not model: controllers and the kubelet are not written yet (nothing creates
-ReplicaSets or Pods from a Deployment, no pod runs, no Deployment status); networking beyond
-loopback; real scheduling, nodes, cgroups and resource limits; admission webhooks, quotas and
+The controllers (controllers.py, on unless `ClusterBox(controllers=False)`): Deployment ->
+ReplicaSet -> Pods with RollingUpdate (maxSurge/maxUnavailable) and Recreate rollouts,
+revisionHistoryLimit, Deployment and ReplicaSet status with the Available and Progressing
+conditions (ProgressDeadlineExceeded included); one Node (`box-node`, its CPU and memory set by
+`ClusterBox(node_cpu=, node_memory=)`) and a scheduler that binds pods whose requests fit and marks
+the others Unschedulable; EndpointSlices for Services with a selector, from pod IPs and readiness.
+
+What it does not model: real scheduling (one node; nodeSelector only: no affinity, taints,
+preemption or topology spread); proportional scaling of a Deployment resized mid-rollout; adoption
+of orphaned ReplicaSets and pods; the HPA controller; networking beyond loopback; cgroups and
+resource limits; admission webhooks, quotas and
 LimitRanges; aggregated discovery (kubectl falls back to the plain documents); server-side printing
 of built-in kinds (kubectl prints NAME and AGE only); built-in defaulting (e.g. a Service port's
 protocol) and most of the built-in kinds' hand-written validation (the schema's types and required

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kubeconfig: {path}", flush=True)
     print(f"  export KUBECONFIG={path}", flush=True)
     print("  kubectl apply -f crds/ && kubectl apply -f examples/endpoints/03-e5.yaml && kubectl get inferenceendpoints", flush=True)
-    print("(no controllers or kubelet yet: objects are stored and served, no pod runs; Ctrl-C stops)", flush=True)
+    print("(Deployments, ReplicaSets, scheduling and EndpointSlices are controlled; no kubelet: no pod process runs; Ctrl-C stops)", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
