@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 from ..worker.chunking import SEPARATOR_GROUPS
 from .default_endpoints import DEFAULTS
 from .errors import BadRequest, ValidationFailed
+from .kube.placement import Placement
 
 TaskType = Literal["text_embedding", "sparse_embedding", "rerank"]
 TASK_TYPES: tuple[str, ...] = ("text_embedding", "sparse_embedding", "rerank")
@@ -370,8 +371,10 @@ class EndpointResourceSpec(EndpointBody):
         ),
     )
 
+    placement: Placement | None = Field(None, description="Kubernetes-only placement of the worker pods.")
+
     def body(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True, exclude={"task_type", "inference_id"})
+        return self.model_dump(exclude_none=True, exclude={"task_type", "inference_id", "placement"})
 
 
 class DeploymentResourceSpec(_Settings):
@@ -402,6 +405,7 @@ class DeploymentResourceSpec(_Settings):
     queue_capacity: int | None = Field(None, ge=1, le=1_000_000,
                                        description="Inputs waiting per allocation before requests get 429.")
     priority: Literal["normal", "low"] = Field("normal", description="normal or low.")
+    placement: Placement | None = Field(None, description="Kubernetes-only placement of the worker pods.")
 
     @model_validator(mode="after")
     def _rules(self) -> DeploymentResourceSpec:

@@ -24,6 +24,7 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
 }
 
 

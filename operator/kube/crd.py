@@ -35,7 +35,9 @@ def _description(text: str | None) -> str | None:
 
 def field_schema(field: FieldInfo) -> dict[str, Any]:
     ann = _unwrap(field.annotation)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
+    if isinstance(ann, type) and hasattr(ann, "crd_schema"):  # a model that writes its own (kube.placement)
+        out = ann.crd_schema()
+    elif isinstance(ann, type) and issubclass(ann, BaseModel):
         out = model_schema(ann)
     elif typing.get_origin(ann) is typing.Literal:
         out = {"type": "string", "enum": list(typing.get_args(ann))}

@@ -190,6 +190,8 @@ class KubeStore:
         if cr is None:
             raise ResourceNotFound(f"Inference endpoint not found [{endpoint.inference_id}]")
         new_spec = endpoint_to_cr(endpoint, self.namespace)["spec"]
+        if (cr.get("spec") or {}).get("placement") is not None:  # Kubernetes-only: the ES body never carries it
+            new_spec["placement"] = cr["spec"]["placement"]
         await self.kube.patch(API_VERSION, ENDPOINTS, self.namespace, cr["metadata"]["name"],
                               {"spec": _merge_patch(cr.get("spec") or {}, new_spec)})
 

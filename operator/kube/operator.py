@@ -19,6 +19,7 @@ from ..records import Deployment, Endpoint
 from . import API_VERSION, DEPLOYMENT_KIND, DEPLOYMENTS, ENDPOINT_KIND, ENDPOINTS, ANNOTATION_FORCE_DELETE
 from .client import Kube
 from .names import k8s_name
+from .placement import placement_of
 from .planner import Owner, desired_replicas, plan, selector_string, workload_name
 from .resources import deployment_from_cr, endpoint_from_cr, find_owner
 from .settings import OperatorSettings
@@ -170,9 +171,10 @@ class Reconciler:
         replicas = desired_replicas(dep, current, self.settings)
         owner = Owner(API_VERSION, found.kind, body["metadata"]["name"], body["metadata"]["uid"])
         workload = plan(dep, namespace=namespace, replicas=replicas, owner=owner, settings=self.settings,
-                        model_size_bytes=self.catalog.size_of(dep.model_id))
+                        model_size_bytes=self.catalog.size_of(dep.model_id),
+                        placement=placement_of(body.get("spec")))
         changes = []
-        for manifest in (workload.deployment, workload.service):
+        for manifest in workload.manifests:
             result = await self.kube.apply(manifest)
             if result != "unchanged":
                 changes.append(f"{manifest['kind']} {manifest['metadata']['name']} {result}")

@@ -27,6 +27,7 @@ from . import (
     MANAGER,
 )
 from .names import k8s_name, label_value
+from .placement import GPU, Placement
 from .settings import DATA_DIR, OperatorSettings
 
 ANNOTATION_TEMPLATE_HASH = "infernetes.dev/template-hash"
@@ -51,6 +52,12 @@ class Owner:
 class Workload:
     deployment: dict[str, Any]
     service: dict[str, Any]
+    disruption_budget: dict[str, Any] | None = None
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        """What the operator applies, in order."""
+        return [m for m in (self.deployment, self.service, self.disruption_budget) if m is not None]
 
     @property
     def name(self) -> str:
@@ -130,8 +137,17 @@ def plan(
     owner: Owner,
     settings: OperatorSettings,
     model_size_bytes: int | None = None,
+    placement: Placement | None = None,
 ) -> Workload:
+    """The worker Deployment, Service and PodDisruptionBudget of a deployment.
+
+    ``placement`` is the endpoint's Kubernetes-only block: it adds to (node selector, tolerations) or replaces
+    (affinity, priority class) the settings' cluster-wide scheduling, and adds resources and GPUs. A
+    ``priority: low`` deployment runs as Elasticsearch runs it: one allocation of one thread that may be
+    evicted, i.e. a small CPU request under its one-CPU limit (Burstable, evicted first under pressure) and
+    the settings' low priority class (preempted first)."""
     name = workload_name(dep.deployment_id)
+    low = dep.priority == "low"
     labels = {
         LABEL_NAME: "infernetes-worker",
         LABEL_COMPONENT: "worker",
@@ -141,7 +157,7 @@ def plan(
     }
     annotations = {ANNOTATION_DEPLOYMENT_ID: dep.deployment_id, ANNOTATION_MODEL_ID: dep.model_id}
     memory = memory_mib(dep.model_id, settings, model_size_bytes)
-    threads = str(dep.num_threads)
+    threads = "1" if low else str(dep.num_threads)
     hub_env: list[dict[str, Any]] = []
     if settings.hub_token_secret:
         hub_env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -187,10 +203,7 @@ def plan(
         "command": ["infernetes", "worker"],
         "env": worker_env,
         "ports": [{"name": "http", "containerPort": settings.worker_port, "protocol": "TCP"}],
-        "resources": {
-            "requests": {"cpu": threads, "memory": f"{memory}Mi"},
-            "limits": {"cpu": threads, "memory": f"{memory * 2}Mi"},
-        },
+        "resources": _resources(threads, memory, low, settings, placement),
         # Patient enough for loading a large model; readiness then follows the model, liveness the process.
         "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": max(1, settings.startup_timeout_s // 5)},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
@@ -220,21 +233,32 @@ def plan(
         "initContainers": [pull],
         "containers": [worker],
         "volumes": [cache_volume, {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+        # Allocations spread over nodes and zones (a zone outage takes only its share of them).
         "topologySpreadConstraints": [{
             "maxSkew": 1,
-            "topologyKey": "kubernetes.io/hostname",
+            "topologyKey": key,
             "whenUnsatisfiable": "ScheduleAnyway",
             "labelSelector": {"matchLabels": selector(dep.deployment_id)},
-        }],
+        } for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")],
     }
-    if settings.node_selector:
-        pod_spec["nodeSelector"] = dict(settings.node_selector)
-    if settings.tolerations:
-        pod_spec["tolerations"] = list(settings.tolerations)
-    if settings.affinity:
-        pod_spec["affinity"] = dict(settings.affinity)
-    if settings.priority_class_name:
-        pod_spec["priorityClassName"] = settings.priority_class_name
+    node_selector = {**settings.node_selector, **(placement.nodeSelector if placement else {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = list(settings.tolerations) + [
+        t.model_dump(exclude_none=True) for t in (placement.tolerations if placement else [])]
+    if placement is not None and placement.gpus:  # GPU nodes are usually tainted nvidia.com/gpu:NoSchedule
+        gpu_toleration = {"key": GPU, "operator": "Exists", "effect": "NoSchedule"}
+        if gpu_toleration not in tolerations:
+            tolerations.append(gpu_toleration)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    affinity = placement.affinity if placement is not None and placement.affinity is not None else settings.affinity
+    if affinity:
+        pod_spec["affinity"] = dict(affinity)
+    priority_class = (placement.priorityClassName if placement is not None else None) or (
+        settings.low_priority_class_name if low else None) or settings.priority_class_name
+    if priority_class:
+        pod_spec["priorityClassName"] = priority_class
     if settings.worker_service_account:
         pod_spec["serviceAccountName"] = settings.worker_service_account
     if settings.image_pull_secrets:
@@ -282,11 +306,43 @@ def plan(
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    return Workload(deployment=deployment, service=service)
+    # Voluntary disruptions (node drains, cluster upgrades) take one allocation at a time; with one replica
+    # maxUnavailable 1 still lets a drain proceed (a PDB must never block a node forever).
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {k: v for k, v in meta.items() if k != "annotations"} | {"annotations": annotations},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(dep.deployment_id)}},
+    }
+    return Workload(deployment=deployment, service=service, disruption_budget=budget)
+
+
+def _resources(threads: str, memory: int, low: bool, settings: OperatorSettings,
+               placement: Placement | None) -> dict[str, Any]:
+    requests = {"cpu": "100m" if low else threads, "memory": f"{memory}Mi"}
+    limits = {"cpu": threads, "memory": f"{memory * 2}Mi"}
+    if placement is not None and placement.resources is not None:
+        requests.update(placement.resources.requests)
+        limits.update(placement.resources.limits)
+        if "memory" in placement.resources.requests and "memory" not in placement.resources.limits:
+            limits["memory"] = _at_least(limits["memory"], placement.resources.requests["memory"])
+    if placement is not None and placement.gpus:
+        requests[GPU] = limits[GPU] = str(placement.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def _at_least(limit: str, request: str) -> str:
+    """The larger of two memory quantities (a request above the planned limit raises the limit)."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    return request if parse_quantity(request) > parse_quantity(limit) else limit
 
 
 def desired_replicas(dep: Deployment, current: int | None, settings: OperatorSettings) -> int:
-    """Fixed allocations, or for adaptive ones the current count (the autoscaler's) kept within bounds."""
+    """Fixed allocations, or for adaptive ones the current count (the autoscaler's) kept within bounds;
+    a low-priority deployment has one allocation (as in Elasticsearch)."""
+    if dep.priority == "low":
+        return 1
     if not dep.adaptive_enabled:
         return dep.num_allocations or 1
     lo, hi = dep.bounds(settings.adaptive_cap)

@@ -60,6 +60,8 @@ class OperatorSettings(BaseModel):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)
     priority_class_name: str | None = None
+    # Pods of `priority: low` deployments: a PriorityClass with a lower value, so they are preempted first.
+    low_priority_class_name: str | None = None
     worker_service_account: str | None = None
     pod_labels: dict[str, str] = Field(default_factory=dict)
     pod_annotations: dict[str, str] = Field(default_factory=dict)

@@ -101,12 +101,13 @@ def test_the_chart_shares_one_credential_between_the_gateway_and_the_workers():
     (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
     settings = OperatorSettings(**yaml.safe_load(config["data"]["operator.yaml"]))
     assert settings.worker_credential_secret == "infernetes-worker-credential"
-    (operator,) = [d for d in docs if d["kind"] == "Deployment"]
-    env = operator["spec"]["template"]["spec"]["containers"][0]["env"]
+    (gateway,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "infernetes-gateway"]
+    env = gateway["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": AUTH_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": "infernetes-worker-credential",
                                                                    "key": "token"}}} in env
-    # Off (the default), and never cluster-wide: no Secret, no setting.
-    for values in ({}, {"clusterWide": True, "workers": {"credential": {"enabled": True}}}):
+    # Off (on by default), and never cluster-wide: no Secret, no setting.
+    for values in ({"workers": {"credential": {"enabled": False}}},
+                   {"clusterWide": True, "workers": {"credential": {"enabled": True}}}):
         docs = _render(values)
         assert not [d for d in docs if d["metadata"]["name"] == "infernetes-worker-credential"]
         (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
