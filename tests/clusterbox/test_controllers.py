@@ -367,3 +367,36 @@ def test_endpoint_slices_follow_pod_readiness_and_resolve_named_ports(api: httpx
     assert api.delete("/api/v1/namespaces/default/services/web").status_code == 200
     wait_for(lambda: not _items(api, SLICES), what="the slice to be collected with its Service")
 
+
+
+# ---- with the kubelet: real processes behind the Deployment and the Service ----
+
+@pytest.mark.slow
+def test_a_deployment_served_by_kubelet_pods_rolls_out_and_its_slice_routes_real_traffic() -> None:
+    import sys
+    from pathlib import Path
+
+    server = "import http.server, os; http.server.HTTPServer(('', 8080), http.server.SimpleHTTPRequestHandler).serve_forever()"
+    body = deployment("web", image="box/python", replicas=2)
+    body["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    body["spec"]["template"]["spec"] = {"terminationGracePeriodSeconds": 2, "containers": [{
+        "name": "main", "image": "box/python", "command": ["python", "-c", server], "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}}]}
+    with ClusterBox(kubelet=True, images={"box/python": Path(sys.executable).parent}) as b, b.client() as api:
+        api.post(DEPLOY, json=body)
+        api.post("/api/v1/namespaces/default/services", json={"metadata": {"name": "web"}, "spec": {
+            "selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}})
+        wait_for(lambda: _rolled_out(api, 2), 60, "the kubelet's pods to become ready")
+        _env(api, "2")
+        wait_for(lambda: _rolled_out(api, 2), 60, "the rolling update on real pods")
+        hashes = {p["metadata"]["labels"][HASH_LABEL] for p in _pods(api)}
+
+        def ready_endpoints() -> list[str]:
+            slices = _items(api, SLICES, labelSelector="kubernetes.io/service-name=web")
+            return [e["addresses"][0] for s in slices for e in s["endpoints"] if e["conditions"]["ready"]
+                    and e["targetRef"]["name"] in {p["metadata"]["name"] for p in _pods(api)}]
+        ips = wait_for(lambda: len(ready_endpoints()) == 2 and ready_endpoints(), 30, "two ready endpoints of the new pods")
+        assert len(hashes) == 1 and len(set(ips)) == 2
+        port = _items(api, SLICES, labelSelector="kubernetes.io/service-name=web")[0]["ports"][0]["port"]
+        for ip in ips:
+            assert httpx.get(f"http://{ip}:{port}/", timeout=10).status_code == 200
