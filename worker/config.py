@@ -47,6 +47,8 @@ class WorkerSettings:
     auth_token: str | None = field(default=None, repr=False)
     # Request bodies larger than this are refused with 413 before they are read (the gateway caps at 32 MiB).
     max_body_bytes: int = 64 * 1024 * 1024
+    # Where the model runs: auto (the GPU when torch sees one), cpu, or cuda (fails to start without a GPU).
+    device: str = "auto"
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> WorkerSettings:

@@ -41,6 +41,67 @@ class TooManyRows(ValueError):
                          f"at most {capacity} fit in the queue of an allocation")
 
 
+DEVICES = ("auto", "cpu", "cuda")
+# A reduced precision is used on a GPU only when every output of the check batch keeps this cosine with fp32's.
+MIN_HALF_COSINE = 0.999
+# The check batch: short and long, several languages, so padding and attention masks are exercised.
+DTYPE_CHECK = [
+    "How do I bake bread at home?",
+    "what causes the northern lights",
+    "Wie backe ich Brot zu Hause? Mehl, Wasser, Salz und Hefe.",
+    "A longer passage: " + " ".join(f"sentence {i} about solar wind and the polar sky." for i in range(20)),
+]
+
+
+def select_device(requested: str, cuda_available: bool) -> str:
+    """``auto`` runs on the GPU when there is one; ``cuda`` without a GPU is an error, not a silent CPU."""
+    if requested not in DEVICES:
+        raise ValueError(f"unknown device [{requested}]; use one of {', '.join(DEVICES)}")
+    if requested == "cuda" and not cuda_available:
+        raise ValueError("device [cuda] was asked for, but torch sees no CUDA device")
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    return requested
+
+
+def min_cosine(reference: Any, candidate: Any) -> float:
+    """The lowest cosine similarity between rows of two outputs (a 1-D output, e.g. rerank scores, is one row)."""
+    import torch
+
+    reference, candidate = reference.detach(), candidate.detach()
+    a = reference.float().reshape(reference.shape[0], -1) if reference.dim() > 1 else reference.float()[None]
+    b = candidate.float().reshape(a.shape).to(a.device)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+    # Two all-zero rows (a sparse row with no weights) agree; cosine_similarity would call them 0.
+    both_zero = (a.abs().amax(1) == 0) & (b.abs().amax(1) == 0)
+    return float(torch.where(both_zero, torch.ones_like(cos), cos).min())
+
+
+def choose_dtype(model: Any, run: Any, candidates: tuple[Any, ...], threshold: float = MIN_HALF_COSINE
+                 ) -> tuple[Any, Any, dict[str, float]]:
+    """The first reduced precision whose outputs stay within ``threshold`` cosine of fp32's on the check batch.
+
+    ``run(model)`` gives the model's output for the check batch. Each candidate is tried on a copy, so the
+    fp32 weights stay exact for the next one; returns (model to serve, its dtype, cosine per dtype tried)."""
+    import copy
+
+    import torch
+
+    reference = run(model)
+    measured: dict[str, float] = {}
+    for dtype in candidates:
+        trial = copy.deepcopy(model).to(dtype)
+        try:
+            cosine = min_cosine(reference, run(trial))
+        except RuntimeError:  # an operation without a kernel for this dtype on this device
+            cosine = float("nan")
+        measured[str(dtype).removeprefix("torch.")] = cosine
+        if cosine >= threshold:
+            return trial, dtype, measured
+        del trial
+    return model, torch.float32, measured
+
+
 @dataclass
 class InferRequest:
     inputs: list[str]
@@ -138,6 +199,8 @@ class Engine:
         self.traced = False  # the transformer runs as one TorchScript graph (tracing.py)
         # The model's own cap on padded tokens per batch, where larger batches run slower (None: no cap).
         self.max_batch_tokens: int | None = None
+        self.device = "cpu"
+        self.dtype_check: dict[str, float] = {}  # cosine with fp32 of each reduced precision tried on the GPU
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -167,6 +230,55 @@ class Engine:
     @property
     def tokenizer(self) -> Any:
         return self.model.tokenizer
+
+    @property
+    def runs_on_gpu(self) -> bool:
+        """Only the sentence-transformers forward below moves its inputs to the model's device; engines with
+        a forward of their own (ONNX Runtime, Elastic's TorchScript traces) stay on the CPU."""
+        return type(self).forward is Engine.forward
+
+    def place(self, requested: str, cuda_available: bool | None = None) -> str:
+        """Move a loaded model to its device (after any fork: a zygote never touches CUDA); returns the device.
+
+        On a GPU the model runs in fp16 or bf16 when the outputs of a check batch stay within
+        ``MIN_HALF_COSINE`` of fp32's, else in fp32. Tokenising stays on the CPU threads."""
+        import torch
+
+        if cuda_available is None:
+            cuda_available = torch.cuda.is_available()
+        device = select_device(requested, cuda_available)
+        if device == "cpu" or not self.runs_on_gpu:
+            return "cpu"
+        candidates = (torch.float16,) + ((torch.bfloat16,) if torch.cuda.is_bf16_supported() else ())
+        self.move(device, candidates)
+        return device
+
+    def move(self, device: str, candidates: tuple[Any, ...]) -> None:
+        """Run on ``device`` in the first of ``candidates`` that passes the check (fp32 if none does)."""
+        from .tracing import TracedModel
+
+        first = self.model[0] if len(self.model) else None
+        if isinstance(getattr(first, "model", None), TracedModel):
+            first.model = first.model.eager  # a trace may hold CPU constants; on a GPU the GIL matters little
+            self.traced = False
+        self.model.to(device)
+        self.device = device
+        check = InferRequest(inputs=DTYPE_CHECK, query=DTYPE_CHECK[0])
+        features = self.tokenize(self.rows(check), None, self.routed_task(check))
+
+        def run(model: Any) -> Any:
+            import torch
+
+            with torch.inference_mode():
+                return model({k: v.to(device) if isinstance(v, torch.Tensor) else v
+                              for k, v in features.items()})[self.output_key]
+
+        self.model, dtype, self.dtype_check = choose_dtype(self.model, run, candidates)
+        self.dtype = str(dtype).removeprefix("torch.")
+        if device != "cpu":
+            self.max_batch_tokens = None  # the CPU caches' limits do not apply
+
+    dtype = "float32"
 
     def warmup(self) -> None:
         """Run the model once so the first request does not pay for lazy initialisation."""
@@ -343,8 +455,12 @@ class Engine:
     def forward(self, features: dict[str, Any]) -> Any:
         import torch
 
+        if self.device != "cpu":
+            features = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                        for k, v in features.items()}
         with torch.inference_mode():
-            return self.model(features)[self.output_key]
+            output = self.model(features)[self.output_key]
+        return output if self.device == "cpu" else output.float().cpu()
 
     def store(self, segment: Segment, output: Any) -> None:
         """Scatter a batch's output rows back into their job (model thread)."""

@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import WorkerSettings
+from .config import ENV_PREFIX, WorkerSettings
 from .server import EXIT_MODEL_FAILED, configure_threads
 
 
@@ -33,6 +33,9 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 def _settings(base: dict[str, Any]) -> WorkerSettings:
     known = {f.name for f in fields(WorkerSettings)}
     values = {k: v for k, v in base.items() if k in known}
+    # Settings the runtime does not pass come from the environment, as `infernetes worker` reads them.
+    if "device" not in values and ENV_PREFIX + "DEVICE" in os.environ:
+        values["device"] = os.environ[ENV_PREFIX + "DEVICE"]
     for key in ("model_dir", "termination_log"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
