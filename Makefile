@@ -34,10 +34,17 @@ serve: venv
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The benchmark (about 20 minutes): bench/results/benchmark.json and its plots (see README, Benchmarks).
+# The benchmark (about 25 minutes): bench/results/benchmark.json and its plots, then README's figures rendered
+# from it (see README, Benchmarks). The load generator is Debian's wrk, installed here when missing and apt-get
+# can (as root); the JSON records which generator ran (aiohttp is the fallback). ARGS go to bench/run.py.
 bench: venv
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || echo "wrk not installed: the benchmark falls back to aiohttp"; \
+	  else echo "wrk missing and not root: the benchmark falls back to aiohttp (apt-get install wrk)"; fi; }
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(VENV)/bin/python bench/run.py $(ARGS)
+	$(VENV)/bin/python bench/readme.py --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -63,7 +63,15 @@ def machine() -> dict[str, Any]:
         pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+    memory_mb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_mb = round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": memory_mb, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads_default": torch.get_num_threads(),
             "platform": platform.platform(), "load_generator": "wrk" if shutil.which("wrk") else "aiohttp"}
 
 
@@ -87,7 +95,8 @@ def wait_http(url: str, timeout: float = 120) -> None:
 class Serve:
     """`infernetes serve` in a subprocess, on a private data directory."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, prefix: list[str] | None = None) -> None:
+        self.prefix = prefix or []  # e.g. taskset -c 0-2: the CPUs the server may use
         self.dir = Path(tempfile.mkdtemp(prefix="infernetes-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -95,10 +104,10 @@ class Serve:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def models(self, *cmd: str) -> None:
-        subprocess.run([str(EXE), "models", *cmd, "--data-dir", str(self.dir)], check=True, capture_output=True)
+        subprocess.run([*self.prefix, str(EXE), "models", *cmd, "--data-dir", str(self.dir)], check=True, capture_output=True)
 
     def __enter__(self) -> Serve:
-        self.proc = subprocess.Popen([str(EXE), "serve", "--data-dir", str(self.dir), "--port", str(self.port),
+        self.proc = subprocess.Popen([*self.prefix, str(EXE), "serve", "--data-dir", str(self.dir), "--port", str(self.port),
                                       "--log-level", "warning", *self.args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      preexec_fn=die_with_parent)
