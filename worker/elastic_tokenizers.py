@@ -13,7 +13,10 @@ ids; MPNet, RoBERTa and XLM-RoBERTa take ids and mask; DeBERTa-v2 takes ids, mas
 
 from __future__ import annotations
 
+import functools
+import gzip
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Elasticsearch's tokenization kinds and the defaults of their settings (Tokenization.java and subclasses).
@@ -44,6 +47,16 @@ _SPECIAL = {
     "xlm_roberta": ("<s>", "</s>", "<pad>", "<unk>", True, 0),
     "deberta_v2": ("[CLS]", "[SEP]", "[PAD]", "[UNK]", False, 1),
 }
+
+
+CHARSMAP = Path(__file__).with_name("spm_nmt_nfkc_charsmap.bin.gz")
+
+
+@functools.cache
+def precompiled_charsmap() -> bytes:
+    """SentencePiece's nmt_nfkc map, precompiled (as ``normalizer_spec.precompiled_charsmap`` of a model trained
+    with the default normalization, and Hugging Face's ``normalizer.precompiled_charsmap``)."""
+    return gzip.decompress(CHARSMAP.read_bytes())
 
 
 class TokenizationError(ValueError):
@@ -141,10 +154,15 @@ def build_tokenizer(tokenization: Tokenization, vocab: dict[str, Any]) -> Any:
     else:  # SentencePiece Unigram: xlm_roberta, deberta_v2
         scored = [(w, float(sc)) for w, sc in zip(words, vocab["scores"])]
         tok = Tokenizer(models.Unigram(scored, unk_id=ids[unk], byte_fallback=False))
-        # SentencePiece's nmt_nfkc, less its precompiled character map (not part of an uploaded vocabulary).
-        steps = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
-        if kind == "deberta_v2" and s.get("do_lower_case"):
-            steps.append(normalizers.Lowercase())
+        # SentencePiece's nmt_nfkc normalization through its precompiled character map, which an uploaded
+        # vocabulary does not carry: Elasticsearch applies the one it ships (spm_precompiled_normalizer.txt), the
+        # map every nmt_nfkc model holds; so do we. The steps around it are Hugging Face's converters'.
+        charsmap = normalizers.Precompiled(precompiled_charsmap())
+        if kind == "xlm_roberta":
+            steps = [charsmap, normalizers.Strip(left=False, right=True), normalizers.Replace(Regex(" {2,}"), "▁")]
+        else:
+            steps = [normalizers.Lowercase()] if s.get("do_lower_case") else []
+            steps += [normalizers.Strip(), charsmap, normalizers.Replace(Regex(" {2,}"), " ")]
         tok.normalizer = normalizers.Sequence(steps)
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
