@@ -127,6 +127,7 @@ class Container:
     log: Path | None = None
     previous_log: Path | None = None
     container_id: str = ""
+    backoff: int = 0  # restarts since the back-off last started over
 
     @property
     def name(self) -> str:
@@ -320,15 +321,16 @@ class PodRunner:
             await self._back_off(c)
 
     async def _back_off(self, c: Container) -> None:
-        ran = 0.0
+        """As the kubelet's back-off: the first restart is immediate, then each waits base, 2 x base,
+        4 x base ... (capped) in CrashLoopBackOff; a container that ran long enough starts over."""
         running = c.last_state.get("terminated") or {}
-        if running.get("startedAt") and running.get("finishedAt"):
-            ran = _seconds(running["finishedAt"]) - _seconds(running["startedAt"])
-        if ran > 60 * self.k.backoff_base:
-            c.backoff = 0  # type: ignore[attr-defined]  # ran long enough: the back-off starts over
-        n = getattr(c, "backoff", 0)
-        delay = self.k.backoff(n)
-        c.backoff = n + 1  # type: ignore[attr-defined]
+        if running.get("startedAt") and running.get("finishedAt") and \
+                _seconds(running["finishedAt"]) - _seconds(running["startedAt"]) > 60 * self.k.backoff_base:
+            c.backoff = 0
+        n, c.backoff = c.backoff, c.backoff + 1
+        if n == 0:
+            return
+        delay = self.k.backoff(n - 1)
         c.state = {"waiting": {"reason": "CrashLoopBackOff",
                                "message": f"back-off {_duration(delay)} restarting failed container={c.name} pod={self.name}_{self.namespace}({self.uid})"}}
         self.write_status()
@@ -336,6 +338,8 @@ class PodRunner:
         await asyncio.sleep(delay)
 
     async def _start_and_wait(self, c: Container, volumes: dict[str, Path], probes: bool = False) -> int:
+        if self.terminating:
+            raise _Stop()
         image = await self._image(c)
         try:
             argv, env, cwd, mounts = self.k.container_process(self, c, image, volumes)
@@ -381,12 +385,9 @@ class PodRunner:
         finally:
             if prober is not None:
                 prober.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _Stop):
-                    await prober
+                await asyncio.wait([prober])  # (awaiting it directly would swallow our own cancellation)
         c.proc = None
-        killed = getattr(c, "killed_reason", None)
-        c.killed_reason = None  # type: ignore[attr-defined]
-        return self._terminated(c, _exit_code(code), "Error" if code else "Completed", killed, started_at, term)
+        return self._terminated(c, _exit_code(code), "Error" if code else "Completed", None, started_at, term)
 
     def _terminated(self, c: Container, code: int, reason: str, message: str | None, started_at: str, term: Path) -> int:
         text = ""
@@ -489,7 +490,6 @@ class PodRunner:
     async def _kill_for(self, c: Container, proc: asyncio.subprocess.Process, kind: str, probe: dict[str, Any]) -> None:
         msg = f"Container {c.name} failed {kind.lower()} probe, will be restarted"
         self.k.event(self.pod, "Normal", "Killing", msg, c.name)
-        c.killed_reason = f"{kind} probe failed"  # type: ignore[attr-defined]
         grace = probe.get("terminationGracePeriodSeconds", (self.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
         await self.k.stop_process(proc, float(grace))
 
@@ -501,8 +501,7 @@ class PodRunner:
         self.terminating = True
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, _Stop):
-                await self.task
+            await asyncio.wait([self.task])
         live = [c for c in self.init + self.containers if c.proc is not None]
         for c in live:
             self.k.event(self.pod, "Normal", "Killing", f"Stopping container {c.name}", c.name)
@@ -594,6 +593,7 @@ class Kubelet:
         self.pods: dict[str, PodRunner] = {}  # uid -> runner
         self.wake = _Wake()
         self._events: dict[tuple[Any, ...], str] = {}
+        self._probes: set[asyncio.subprocess.Process] = set()  # exec probes running now
         self._task: asyncio.Task[None] | None = None
         self._session: Any = None
         self._res = server.by_plural("", "pods")
@@ -710,14 +710,20 @@ class Kubelet:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        procs = list(self._probes)
         for runner in list(self.pods.values()):
             runner.terminating = True
             runner.kill_now()
-        for runner in list(self.pods.values()):
-            if runner.task is not None:
-                runner.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _Stop, Exception):
-                    await asyncio.wait_for(runner.task, 10)
+            procs += [c.proc for c in runner.init + runner.containers if c.proc is not None]
+        for proc in self._probes:
+            _kill_tree(proc.pid, signal.SIGKILL, _descendants(proc.pid))
+        with contextlib.suppress(asyncio.TimeoutError):  # reaped here, not by a transport collected after the loop closed
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 10)
+        tasks = [r.task for r in self.pods.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         self.pods.clear()
         if self._session is not None:
             await self._session.close()
@@ -1022,13 +1028,24 @@ class Kubelet:
                                                     stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                                                     preexec_fn=_die_with_parent)
+        self._probes.add(proc)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except asyncio.TimeoutError:
             _kill_tree(proc.pid, signal.SIGKILL, _descendants(proc.pid))
             await proc.wait()
             return False, f"command timed out after {timeout:g}s"
+        finally:
+            if proc.returncode is None:  # cancelled (the container stopped): the probe goes with it
+                _kill_tree(proc.pid, signal.SIGKILL, _descendants(proc.pid))
+                asyncio.get_running_loop().create_task(self._reap(proc))
+            else:
+                self._probes.discard(proc)
         return proc.returncode == 0, out.decode("utf-8", "replace")[-512:]
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self._probes.discard(proc)
 
     def _volume_folders(self, runner: PodRunner) -> dict[str, Path]:
         folders = {v["name"]: runner.dir / "volumes" / v["name"] for v in (runner.pod.get("spec") or {}).get("volumes") or []}
