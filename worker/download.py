@@ -11,17 +11,23 @@ Files are transferred here with HTTP range requests into ``<file>.part`` in the 
 ``.download-<id>``, which survives a crash: a download killed halfway resumes from the bytes on
 disk, file by file, instead of starting over (huggingface_hub's own downloads restart an
 interrupted file in a new process).
+
+One download at a time per model and store: pods that share a model cache (a ReadWriteMany volume)
+take an exclusive ``flock`` on ``.download-<id>.lock`` beside the staging folder, so two never write
+the same ``.part`` files; one that waited finds the model installed and does not download it again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,9 +175,6 @@ def pull(
     progress: Progress | None = None,
 ) -> ModelInfo:
     """Download a model (a built-in id, or any hub repository with ``repo_id``) into the store."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
-
     canonical = canonical_id(model_id)
     check_model_id(canonical)
     spec = builtin(canonical)
@@ -182,6 +185,57 @@ def pull(
     revision = revision or "main"
     endpoint = (endpoint or hub_url()).rstrip("/")
     progress = progress or Progress(canonical)
+    source = f"{endpoint}/{repo_id}@{revision}"
+    with staging_lock(store.root, canonical) as waited:
+        installed = store.get(canonical) if waited else None
+        if installed is not None and installed.source == source:  # another pod finished it while we waited
+            progress.set(state="done")
+            return installed
+        return _pull_locked(store, model_id, canonical, spec, repo_id, revision, task_type, endpoint, token,
+                            progress, source)
+
+
+@contextlib.contextmanager
+def staging_lock(root: Path, canonical: str) -> Iterator[bool]:
+    """Hold the download lock of one model in a store; yields whether another holder had to be waited for.
+
+    ``flock`` works across pods on the same volume (NFS and CephFS map it to their lock protocols). The
+    lock file is removed on release; a waiter that then holds a lock on the removed file tries again."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".download-{canonical}.lock"
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder removed that file as it released it: lock the new one
+    try:
+        yield waited
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _pull_locked(store: ModelStore, model_id: str, canonical: str, spec: BuiltinModel | None, repo_id: str,
+                 revision: str, task_type: str | None, endpoint: str, token: str | None, progress: Progress,
+                 source: str) -> ModelInfo:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
     staging = store.root / f".download-{canonical}"
     staging.mkdir(parents=True, exist_ok=True)
     progress.set(state="downloading")
@@ -229,7 +283,7 @@ def pull(
         progress.set(state="verifying")
         shutil.rmtree(staging / ".cache", ignore_errors=True)
         overrides = {"prompts": spec.prompts if spec else None}
-        info = store.install(staging, canonical, source=f"{endpoint}/{repo_id}@{revision}", task_type=task_type,
+        info = store.install(staging, canonical, source=source, task_type=task_type,
                              overrides=overrides, replace=True)
         progress.set(state="done")
         return info

@@ -108,3 +108,41 @@ def test_cli_pull_shows_progress(tmp_path, hub):
     assert ".multilingual-e5-small" in listed and "text_embedding" in listed
     manifest = json.loads((tmp_path / "models" / ".multilingual-e5-small" / "infernetes-model.json").read_text())
     assert manifest["prompts"]["SEARCH"] == "query: "
+
+
+def _lock_waiters(path) -> int:
+    """Processes or threads blocked on an flock of this file (Linux /proc/locks marks waiters with '->')."""
+    import os
+
+    inode = os.stat(path).st_ino
+    return sum(1 for line in open("/proc/locks") if "->" in line and "FLOCK" in line
+               and line.split()[-3].endswith(f":{inode}"))
+
+
+def test_concurrent_pulls_of_one_model_share_one_download(tmp_path, hub):
+    """Two pods pulling the same model into a shared cache: the second waits on the lock, then finds the
+    model installed; the files are downloaded once and never written by two at the same time."""
+    import threading
+
+    from helpers import wait_for
+
+    store = ModelStore(tmp_path)
+    results: dict[str, object] = {}
+    second = threading.Thread(target=lambda: results.setdefault(
+        "second", pull(store, ".multilingual-e5-small", endpoint=hub.url)))
+    started: list[bool] = []
+
+    def while_downloading(p: Progress) -> None:
+        if p.downloaded_bytes > 0 and not started:
+            started.append(True)
+            second.start()  # the second pull arrives while the first holds the lock...
+            lock = tmp_path / ".download-.multilingual-e5-small.lock"
+            wait_for(lambda: _lock_waiters(lock) > 0, 30, 0.01, "the second pull to wait on the lock")
+
+    results["first"] = pull(store, ".multilingual-e5-small", endpoint=hub.url,
+                            progress=Progress(".multilingual-e5-small", on_change=while_downloading))
+    second.join(60)
+    assert results["second"] == results["first"]
+    gets = [p for method, p, _ in hub.requests if method == "GET" and p.endswith("model.safetensors")]
+    assert len(gets) == 1, "the second pull downloaded the model again"
+    assert [p.name for p in tmp_path.iterdir()] == [".multilingual-e5-small"]  # no staging, no lock file left
