@@ -84,6 +84,13 @@ class TooManyRequests(InfernetesError):
         super().__init__(reason, headers={"Retry-After": str(max(1, round(retry_after)))})
 
 
+class DiskFull(InfernetesError):
+    """Not enough free disk for what a request would store: Elasticsearch's answer past its flood-stage watermark."""
+
+    status = 429
+    error_type = "cluster_block_exception"
+
+
 class Unauthorized(InfernetesError):
     status = 401
     error_type = "security_exception"

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..worker.chunking import SEPARATOR_GROUPS
+from ..worker.chunking import SEPARATOR_GROUPS, separator_errors
 from .default_endpoints import DEFAULTS
 from .errors import BadRequest, ValidationFailed
 from .kube.placement import Placement
@@ -286,11 +286,8 @@ class ChunkingSettings(_Settings):
             for name in ("overlap", "sentence_overlap"):
                 if getattr(self, name) is not None:
                     errors.append(f"[{name}] is not applicable to the [recursive] chunking strategy")
-            for sep in self.separators or []:
-                try:
-                    re.compile(sep)
-                except re.error as exc:
-                    errors.append(f"[separators] holds an invalid regular expression [{sep}]: {exc}")
+            for sep in self.separators or []:  # regular expressions: catastrophic shapes refused here too
+                errors += separator_errors(sep)
         if strategy == "none":
             for name in ("max_chunk_size", "overlap", "sentence_overlap"):
                 if getattr(self, name) is not None:

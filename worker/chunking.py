@@ -123,10 +123,77 @@ SEPARATOR_GROUPS: dict[str, list[str]] = {
 }
 
 
-def recursive_chunks(text: str, max_chunk_size: int, separators: list[str]) -> list[Chunk]:
+# User-given separators are regular expressions run on every input: a pattern that backtracks catastrophically
+# (``(a+)+$``) must not stall a worker. Such shapes are refused when the endpoint is created
+# (:func:`separator_errors`), and every search runs with a time limit (the ``regex`` module's ``timeout``).
+MAX_SEPARATOR_LENGTH = 256
+SEPARATOR_TIMEOUT_S = 1.0
+
+
+class SeparatorTimeout(ValueError):
+    """A separator took longer than :data:`SEPARATOR_TIMEOUT_S` on one input (a 400, never a stalled worker)."""
+
+
+def separator_errors(pattern: str) -> list[str]:
+    """Why a user-given separator is refused: not a regular expression, too long, a back-reference, or a
+    quantified group that holds an unbounded quantifier (``(a+)+``, ``(\\s*\\w+)*``: exponential backtracking)."""
+    from re import _constants as c, _parser  # the standard library's own regex parser
+
+    if len(pattern) > MAX_SEPARATOR_LENGTH:
+        return [f"[separators] holds a regular expression longer than {MAX_SEPARATOR_LENGTH} characters"]
+    try:
+        tree = _parser.parse(pattern)
+    except re.error as exc:
+        return [f"[separators] holds an invalid regular expression [{pattern}]: {exc}"]
+    repeats = (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT)
+    problems: list[str] = []
+
+    def walk(items: Any, inside_repeat: bool) -> None:
+        for op, av in items:
+            if op in (c.GROUPREF, c.GROUPREF_EXISTS):
+                problems.append("back-references")
+            if op in repeats:
+                low, high, sub = av
+                if inside_repeat and high == c.MAXREPEAT:
+                    problems.append("nested quantifiers")
+                walk(sub, inside_repeat or high > 1)
+            elif op == c.SUBPATTERN:
+                walk(av[3], inside_repeat)
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                walk(av[1], inside_repeat)
+            elif op == c.ATOMIC_GROUP:
+                walk(av, inside_repeat)
+            elif op == c.BRANCH:
+                for branch in av[1]:
+                    walk(branch, inside_repeat)
+            elif op == c.GROUPREF_EXISTS:
+                walk(av[1], inside_repeat)
+                if av[2] is not None:
+                    walk(av[2], inside_repeat)
+
+    walk(tree, False)
+    if problems:
+        return [f"[separators] regular expression [{pattern}] is refused: {sorted(set(problems))[0]} can backtrack "
+                "catastrophically; use a simpler pattern"]
+    return []
+
+
+def recursive_chunks(text: str, max_chunk_size: int, separators: list[str],
+                     timeout: float = SEPARATOR_TIMEOUT_S) -> list[Chunk]:
     """Split at the first separator; merge neighbouring pieces up to ``max_chunk_size`` words; split a piece
     still too long at the next separator; past the last one, fall back to sentence chunks."""
-    patterns = [re.compile(p, re.MULTILINE) for p in separators]
+    import regex
+
+    patterns = [regex.compile(p, regex.MULTILINE) for p in separators]
+
+    def matches(level: int, start: int, end: int) -> list[int]:
+        try:
+            return [m.start() for m in patterns[level].finditer(text, start, end, timeout=timeout)
+                    if start < m.start() < end]
+        except TimeoutError:
+            raise SeparatorTimeout(f"[separators] regular expression [{separators[level]}] took longer than "
+                                   f"{timeout:g}s on an input of {len(text)} characters; use a simpler pattern"
+                                   ) from None
 
     def count(start: int, end: int) -> int:
         return len(_words(text, start, end))
@@ -138,7 +205,7 @@ def recursive_chunks(text: str, max_chunk_size: int, separators: list[str]) -> l
             return [Chunk(start + c.start, start + c.end)
                     for c in sentence_chunks(text[start:end], max_chunk_size, 0)]
         # A piece ends where the next separator match starts (the separator opens the next piece).
-        cuts = [m.start() for m in patterns[level].finditer(text, start, end) if start < m.start() < end]
+        cuts = matches(level, start, end)
         if not cuts:
             return split(start, end, level + 1)
         bounds = [start, *cuts, end]

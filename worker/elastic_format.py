@@ -56,7 +56,7 @@ class ElasticFormatError(ValueError):
 
     def __init__(self, reason: str, kind: str = "bad_request") -> None:
         super().__init__(reason)
-        self.kind = kind  # bad_request | validation | not_found | exists | conflict
+        self.kind = kind  # bad_request | validation | not_found | exists | conflict | disk_full
 
 
 def id_errors(model_id: str) -> list[str]:
@@ -228,13 +228,32 @@ def trained_model_config(info: ModelInfo) -> dict[str, Any]:
     }
 
 
+# Free disk an upload leaves untouched (the store, logs and other uploads need room too).
+DISK_RESERVE_BYTES = 256 * 1024 * 1024
+
+
 class Uploads:
     """Elastic-format models being uploaded part by part (Eland), kept on disk beside the store."""
 
-    def __init__(self, store: ModelStore) -> None:
+    def __init__(self, store: ModelStore, reserve_bytes: int = DISK_RESERVE_BYTES) -> None:
         self.store = store
         self.root = store.root / UPLOADS
+        self.reserve_bytes = reserve_bytes
         self._lock = threading.Lock()
+
+    def _check_room(self, model_id: str, total_length: int, stored: int) -> None:
+        """The parts still to come and the assembled definition (the parts are joined into one file before they
+        are deleted) must fit beside the reserve; else nothing is written (a 429, as Elasticsearch answers past its
+        flood-stage watermark)."""
+        need = max(0, total_length - stored) + total_length
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if need + self.reserve_bytes > free:
+            raise ElasticFormatError(
+                f"Not enough disk space for trained model [{model_id}]: its definition "
+                f"([total_definition_length] [{total_length}] bytes) needs [{need}] more bytes while assembling, "
+                f"[{free}] are free and [{self.reserve_bytes}] stay in reserve; free disk space (or enlarge the "
+                "volume) and upload again", "disk_full")
 
     def _dir(self, model_id: str) -> Path:
         if id_errors(model_id):
@@ -305,8 +324,10 @@ class Uploads:
                 raise ElasticFormatError(
                     f"[total_definition_length] [{total_length}] and [total_parts] [{total_parts}] differ from the "
                     f"earlier parts' [{meta['total_definition_length']}] and [{meta['total_parts']}]", "conflict")
-            meta_path.write_text(json.dumps(want))
             part_path = d / "parts" / f"{part:06d}"
+            stored = sum(p.stat().st_size for p in (d / "parts").glob("[0-9]*") if p != part_path and not p.suffix)
+            self._check_room(model_id, total_length, stored)
+            meta_path.write_text(json.dumps(want))
             tmp = part_path.with_suffix(".tmp")
             tmp.write_bytes(raw)
             os.replace(tmp, part_path)

@@ -26,6 +26,7 @@ from ...worker.modelstore import ModelStoreError
 from ..errors import (
     BadRequest,
     Conflict,
+    DiskFull,
     InfernetesError,
     ResourceAlreadyExists,
     ResourceNotFound,
@@ -72,6 +73,8 @@ def _es_error(exc: ElasticFormatError) -> InfernetesError:
         return Conflict(str(exc))
     if exc.kind == "validation":
         return ValidationFailed(str(exc).split("; "))
+    if exc.kind == "disk_full":
+        return DiskFull(str(exc))
     return BadRequest(str(exc))
 
 
