@@ -23,12 +23,18 @@ def test_install_applies_crds_and_chart_with_kubectl_and_services_resolve_throug
         pods = wait_for(lambda: (p := api.get(f"/api/v1/namespaces/{NAMESPACE}/pods").json()["items"]) and len(p) == 2
                         and all(x["spec"].get("nodeName") == inst.box.node_name for x in p) and p, what="the chart's pods scheduled")
         gateway = next(p for p in pods if p["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway")
+
+        def report(ready: str) -> None:  # no kubelet here: the test writes what it would
+            for i, pod in enumerate(pods):
+                api.patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status", json={"status": {
+                    "phase": "Running", "podIP": f"127.0.9.{i + 1}", "conditions": [
+                        {"type": "Ready", "status": ready, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+                    headers={"Content-Type": "application/merge-patch+json"})
+        report("False")
+        slices = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+        wait_for(lambda: any(s["endpoints"] for s in api.get(slices).json()["items"]), what="the not-ready gateway in the slice")
         assert "no ready endpoint" in str(pytest.raises(AssertionError, inst.service_address, "infernetes", timeout=0.2).value)
-        for pod in pods:  # no kubelet here: the test says the pods are ready
-            api.patch(f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status", json={"status": {
-                "phase": "Running", "podIP": f"127.0.9.{pods.index(pod) + 1}", "conditions": [
-                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
-                headers={"Content-Type": "application/merge-patch+json"})
+        report("True")
         inst.wait_available(30)
         ip, port = inst.service_address("infernetes", "http")
         gateway_ip = api.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{gateway['metadata']['name']}").json()["status"]["podIP"]
