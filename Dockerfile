@@ -1,4 +1,4 @@
-# One image for both roles: `infernetes operator` (the default command) and `infernetes worker`.
+# One image for every role: `infernetes operator` (the default command), `infernetes gateway` and `infernetes worker`.
 #   docker build -t infernetes:0.1.0 .                                  # CPU torch
 #   docker build --build-arg TORCH_VARIANT=cu126 -t infernetes:0.1.0-cuda .   # a CUDA build of torch
 # Models are not baked in: worker pods download them (see README, "Air-gapped clusters", to bake one in).
