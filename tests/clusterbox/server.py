@@ -11,6 +11,7 @@ stack (aiohttp) and write the server ourselves; kmock stays what the existing op
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import dataclasses
 import json
@@ -509,6 +510,10 @@ class ApiServer:
             if ns and ns["metadata"].get("deletionTimestamp"):
                 raise ApiError(403, "Forbidden", f'{res.kind.lower()} "{name}" is forbidden: unable to create new content in namespace '
                                f'{rq.namespace} because it is being terminated')
+        if res.kind == "Secret" and not res.group and isinstance(new.get("stringData"), dict):
+            # Write-only, as in the real API: stringData is merged into data (base64) and never stored.
+            new["data"] = {**(new.get("data") or {}), **{k: base64.b64encode(str(v).encode()).decode()
+                                                         for k, v in new.pop("stringData").items()}}
         # Schema: pruning, defaulting, validation.
         node = res.node()
         dropped = prune(node, new) if res.is_crd or node.known else []

@@ -3,7 +3,9 @@ controllers turn the chart's Deployments into scheduled pods, and a Service reso
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,3 +41,13 @@ def test_install_applies_crds_and_chart_with_kubectl_and_services_resolve_throug
         ip, port = inst.service_address("infernetes", "http")
         gateway_ip = api.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{gateway['metadata']['name']}").json()["status"]["podIP"]
         assert (ip, port) == (gateway_ip, 9200)
+
+
+def test_a_secrets_string_data_is_stored_as_data(api: Any) -> None:
+    """The chart's Secrets use stringData; the API server stores it base64 in data (and never stringData)."""
+    body = {"metadata": {"name": "s"}, "data": {"a": base64.b64encode(b"1").decode()}, "stringData": {"token": "xyz"}}
+    created = api.post("/api/v1/namespaces/default/secrets", json=body).json()
+    assert created["data"] == {"a": "MQ==", "token": base64.b64encode(b"xyz").decode()} and "stringData" not in created
+    updated = api.patch("/api/v1/namespaces/default/secrets/s", json={"stringData": {"a": "2"}},
+                        headers={"Content-Type": "application/merge-patch+json"}).json()
+    assert updated["data"]["a"] == base64.b64encode(b"2").decode() and "stringData" not in updated
