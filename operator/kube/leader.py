@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Conflict, InfernetesError
+from ..errors import Conflict
 from .client import Kube
 
 log = logging.getLogger("infernetes.leader")
@@ -113,7 +113,7 @@ class LeaderElector:
                     self.leading.set()
                     log.info("leading as %s (lease %s/%s)", self.identity, self.settings.namespace, self.settings.name)
                     return
-            except InfernetesError as exc:
+            except Exception as exc:  # noqa: BLE001 - an API error or an unreachable server: try again
                 log.warning("could not read or take the lease: %s", exc)
             await asyncio.sleep(self.settings.retry_period_s)
 
@@ -128,9 +128,7 @@ class LeaderElector:
                     continue
                 log.error("another candidate took the lease: stopping")
                 break
-            except InfernetesError as exc:
-                log.warning("could not renew the lease: %s", exc)
-            except Exception as exc:  # noqa: BLE001 - a network error: retried until the renew deadline
+            except Exception as exc:  # noqa: BLE001 - an API or network error: retried until the renew deadline
                 log.warning("could not renew the lease: %s", exc)
             if time.monotonic() - self._last_renew > s.renew_deadline_s:
                 log.error("the lease was not renewed for %.0fs: stopping", s.renew_deadline_s)
