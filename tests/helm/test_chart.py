@@ -101,7 +101,6 @@ def test_rbac_modes():
     assert role["rules"] == yaml.safe_load((CHART / "files" / "rbac-rules.yaml").read_text())
     verbs = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
              for v in rule["verbs"]}
-    assert ("apps", "deployments", "delete") not in verbs  # owner references clean up, not the operator
     assert ("", "secrets", "get") not in verbs and not any(r == "*" or v == "*" for _, r, v in verbs)
 
 
