@@ -119,11 +119,11 @@ def test_two_pods_listen_on_the_same_port_each_on_its_own_address(api: httpx.Cli
 
 
 def test_init_containers_run_in_order_to_completion_before_the_containers(api: httpx.Client) -> None:
-    append = "import sys; open('/work/order', 'a').write(sys.argv[1] + chr(10))"
-    create_pod(api, "init-order", [container("main", py("print(open('/work/order').read(), end='', flush=True)"),
-                                             volumeMounts=[{"name": "work", "mountPath": "/work"}])],
+    append = "import sys; open('/scratch/work/order', 'a').write(sys.argv[1] + chr(10))"
+    create_pod(api, "init-order", [container("main", py("print(open('/scratch/work/order').read(), end='', flush=True)"),
+                                             volumeMounts=[{"name": "work", "mountPath": "/scratch/work"}])],
                initContainers=[container(f"init-{i}", ["python", "-c", append, f"init-{i}"],
-                                         volumeMounts=[{"name": "work", "mountPath": "/work"}]) for i in (1, 2)],
+                                         volumeMounts=[{"name": "work", "mountPath": "/scratch/work"}]) for i in (1, 2)],
                volumes=[{"name": "work", "emptyDir": {}}], restartPolicy="Never")
     p = wait_phase(api, "init-order", "Succeeded")
     assert logs(api, "init-order") == "init-1\ninit-2\n"
@@ -336,6 +336,7 @@ def test_kubectl_logs(api: httpx.Client, kubectl: Any) -> None:
     assert kubectl("logs", "talks").stdout == "attempt\n"
     assert kubectl("logs", "talks", "--previous").stdout == "attempt\n"
     assert kubectl("logs", "talks", "-c", "c", "--tail=1").stdout == "attempt\n"
+    assert kubectl("logs", "talks", "-f").stdout.startswith("attempt\n")  # follows until that container ends
     missing = kubectl("logs", "talks", "-c", "nope", check=False)
     assert missing.returncode != 0 and "container nope is not valid for pod talks" in missing.stderr
     shown = kubectl("get", "pod", "talks", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}")
