@@ -4,7 +4,9 @@ No kubelet runs here: the tests play it by writing pod status through the status
 
 from __future__ import annotations
 
+import datetime
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,6 +213,35 @@ def test_scale_through_the_subresource_and_kubectl_scale(api: httpx.Client, kube
              what="the Deployment to set its ReplicaSet back")
 
 
+def test_a_paused_deployment_rolls_out_nothing_until_resumed(api: httpx.Client) -> None:
+    api.post(DEPLOY, json=deployment("web", replicas=1))
+    _settle(api, 1)
+    api.patch(f"{DEPLOY}/web", json={"spec": {"paused": True}}, headers=MERGE)
+    _env(api, "2")
+    wait_for(lambda: _status(api).get("observedGeneration") == 3, what="the paused Deployment to be observed")
+    assert len(_items(api, RS)) == 1, "paused: no new ReplicaSet"
+    api.patch(f"{DEPLOY}/web", json={"spec": {"paused": False}}, headers=MERGE)
+    wait_for(lambda: len(_items(api, RS)) == 2, what="the rollout to start once resumed")
+    _settle(api, 1)
+
+
+def test_min_ready_seconds_delays_availability(api: httpx.Client) -> None:
+    body = deployment("web", replicas=1)
+    body["spec"]["minReadySeconds"] = 1
+    api.post(DEPLOY, json=body)
+    pod = wait_for(lambda: (p := _pods(api)) and p[0]["spec"].get("nodeName") and p[0], what="a scheduled pod")
+    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api.patch(f"{PODS}/{pod['metadata']['name']}/status", json={"status": {"phase": "Running", "podIP": "10.1.1.1", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": now}]}}, headers=MERGE)
+    wait_for(lambda: _status(api).get("readyReplicas") == 1, what="the ready replica")
+    status = _status(api)
+    ready_at = datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+    if time.time() < ready_at + 1:  # the second may have passed already on a busy machine
+        assert "availableReplicas" not in status and _condition(status, "Available")["status"] == "False"
+    wait_for(lambda: _status(api).get("availableReplicas") == 1, 10, "availability after minReadySeconds")
+    assert time.time() >= ready_at + 1
+
+
 def _replay_pods(box: ClusterBox, since: int) -> Iterator[dict[str, dict[str, Any]]]:
     """Every state the store went through for pods after resourceVersion `since`, in order."""
     live: dict[str, dict[str, Any]] = {}
@@ -246,6 +277,14 @@ def test_rolling_update_with_max_unavailable_0_never_drops_below_the_desired_rea
     assert rss[new_rs]["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
     assert {p["metadata"]["labels"][HASH_LABEL] for p in _pods(api)} == {rss[new_rs]["metadata"]["labels"][HASH_LABEL]}
     assert _status(api)["observedGeneration"] == 2
+    # Back to the first template (a rollback): its ReplicaSet is reused and becomes revision 3.
+    r = api.patch(f"{DEPLOY}/web", json=[{"op": "remove", "path": "/spec/template/spec/containers/0/env"}],
+                  headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200, r.text
+    _settle(api, 3)
+    rss = {rs["metadata"]["name"]: rs for rs in _items(api, RS)}
+    assert set(rss) == {old_rs, new_rs} and rss[old_rs]["spec"]["replicas"] == 3 and rss[new_rs]["spec"]["replicas"] == 0
+    assert rss[old_rs]["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
 
 
 def test_recreate_starts_no_new_pod_while_an_old_one_runs_and_history_is_limited(api: httpx.Client, box: ClusterBox) -> None:
