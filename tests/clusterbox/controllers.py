@@ -451,7 +451,6 @@ class Controllers:
         template = spec.get("template") or {}
         new_rs = next((rs for rs in rss if _without_hash((rs.get("spec") or {}).get("template") or {}) == _without_hash(template)), None)
         olds = sorted((rs for rs in rss if rs is not new_rs), key=lambda rs: (rs["metadata"]["creationTimestamp"], _revision(rs)))
-        desired = int(spec.get("replicas", 1))
         status = copy.deepcopy(d.get("status") or {})
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
         if not spec.get("paused"):
