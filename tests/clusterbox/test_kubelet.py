@@ -341,3 +341,31 @@ def test_kubectl_logs(api: httpx.Client, kubectl: Any) -> None:
     assert missing.returncode != 0 and "container nope is not valid for pod talks" in missing.stderr
     shown = kubectl("get", "pod", "talks", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}")
     assert shown.stdout == "1"
+
+
+def test_a_deployments_pods_run_and_serve_through_the_services_endpoints(api: httpx.Client) -> None:
+    labels = {"app": "web"}
+    api.post("/apis/apps/v1/namespaces/default/deployments", json={
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}, "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container("web", SERVE_OWN_NAME, ports=[{"name": "http", "containerPort": 8080}],
+                                     readinessProbe={"tcpSocket": {"port": "http"}, "periodSeconds": 1})]}}}}).raise_for_status()
+    api.post(f"{NS}/services", json={"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                                     "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": "http"}]}}).raise_for_status()
+
+    def ready_endpoints() -> list[str]:
+        slices = api.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                         params={"labelSelector": "kubernetes.io/service-name=web"}).json()["items"]
+        return sorted(a for s in slices for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+                      for a in e["addresses"])
+    addresses = wait_for(lambda: len(ready_endpoints()) == 2 and ready_endpoints(), 30, "two ready endpoints")
+    names = sorted(p["metadata"]["name"] for p in api.get(f"{NS}/pods", params={"labelSelector": "app=web"}).json()["items"])
+    assert sorted(httpx.get(f"http://{a}:8080/", timeout=5).text for a in addresses) == names
+    d = wait_for(lambda: (x := api.get("/apis/apps/v1/namespaces/default/deployments/web").json())
+                 .get("status", {}).get("readyReplicas") == 2 and x, 30, "readyReplicas 2")
+    assert d["status"]["availableReplicas"] == 2
+    api.patch("/apis/apps/v1/namespaces/default/deployments/web/scale", json={"spec": {"replicas": 1}},
+              headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
+    wait_for(lambda: len(api.get(f"{NS}/pods", params={"labelSelector": "app=web"}).json()["items"]) == 1, 30, "one pod left")
+    assert len(ready_endpoints()) == 1
