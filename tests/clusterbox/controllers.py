@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -421,6 +422,19 @@ class Controllers:
         if current is not None and not current["metadata"].get("deletionTimestamp"):
             self.s._delete_object(self._res(group, plural), current, "Background")
 
+    def _event(self, obj: dict[str, Any], reason: str, message: str, component: str, type_: str = "Normal") -> None:
+        """An Event about `obj`, as the real components record them (`kubectl describe` shows them)."""
+        meta = obj["metadata"]
+        now = _format_time(self._now())
+        involved = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "namespace": meta.get("namespace"),
+                    "name": meta["name"], "uid": meta["uid"], "resourceVersion": meta.get("resourceVersion")}
+        self._create("", "events", meta.get("namespace") or "default", {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta.get("namespace") or "default"},
+            "involvedObject": involved, "reason": reason, "message": message, "type": type_, "count": 1,
+            "source": {"component": component}, "reportingComponent": component, "reportingInstance": "",
+            "firstTimestamp": now, "lastTimestamp": now}, component)
+
     # ---- node ----
 
     def _ensure_node(self) -> None:
@@ -486,6 +500,7 @@ class Controllers:
               "spec": {"replicas": replicas, "minReadySeconds": int(spec.get("minReadySeconds", 0)), "selector": selector,
                        "template": template}}
         created = self._create("apps", "replicasets", d["metadata"]["namespace"], rs)
+        self._event(d, "ScalingReplicaSet", f"Scaled up replica set {name} from 0 to {replicas}", "deployment-controller")
         if self._has_deadline(d):
             now = _format_time(self._now())
             _set_condition(status, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated",
@@ -501,8 +516,12 @@ class Controllers:
         if int(rs["spec"].get("replicas", 1)) == replicas and annotations == (rs["metadata"].get("annotations") or {}):
             return rs
         new = copy.deepcopy(rs)
+        before = int(rs["spec"].get("replicas", 1))
         new["spec"]["replicas"] = replicas
         new["metadata"]["annotations"] = annotations
+        if before != replicas:
+            self._event(d, "ScalingReplicaSet", f"Scaled {'up' if replicas > before else 'down'} replica set "
+                        f"{rs['metadata']['name']} from {before} to {replicas}", "deployment-controller")
         return self._update("apps", "replicasets", rs, new)
 
     @staticmethod
@@ -662,11 +681,14 @@ class Controllers:
                            "spec": copy.deepcopy(template.get("spec") or {})}
                     if tmeta.get("annotations"):
                         pod["metadata"]["annotations"] = dict(tmeta["annotations"])
-                    active.append(self._create("", "pods", ns, pod))
+                    created = self._create("", "pods", ns, pod)
+                    active.append(created)
+                    self._event(rs, "SuccessfulCreate", f"Created pod: {created['metadata']['name']}", "replicaset-controller")
             elif diff > 0:
                 for pod in pods_to_delete(active, diff):
                     self._delete("", "pods", pod)
                     active.remove(pod)
+                    self._event(rs, "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}", "replicaset-controller")
         now = self._now()
         min_ready = int(spec.get("minReadySeconds", 0))
         labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
@@ -713,6 +735,7 @@ class Controllers:
                     {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
                      "lastProbeTime": None, "lastTransitionTime": now}]
                 self._write_status("", "pods", pod, status, SCHEDULER)
+                self._event(pod, "FailedScheduling", message, "default-scheduler", "Warning")
                 continue
             new = copy.deepcopy(pod)
             new["spec"]["nodeName"] = self.node_name
@@ -720,6 +743,8 @@ class Controllers:
             status["conditions"] = [c for c in status.get("conditions", []) if c["type"] != "PodScheduled"] + [
                 {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": now}]
             bound.append(self._write_status("", "pods", bound_pod, status, SCHEDULER))
+            self._event(pod, "Scheduled", f"Successfully assigned {pod['metadata']['namespace']}/{pod['metadata']['name']} "
+                        f"to {self.node_name}", "default-scheduler")
 
     # ---- EndpointSlice controller ----
 

@@ -170,6 +170,9 @@ def test_deployment_creates_an_owned_replicaset_and_pods_and_reports_status(api:
         "type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
         "message": f'ReplicaSet "web-{h}" has successfully progressed.', "lastUpdateTime": "", "lastTransitionTime": ""}
     assert "successfully rolled out" in kubectl("rollout", "status", "deployment/web", "--timeout=10s").stdout
+    assert f"Scaled up replica set web-{h} from 0 to 2" in kubectl("describe", "deployment", "web").stdout
+    described = kubectl("describe", "pod", pods[0]["metadata"]["name"]).stdout
+    assert f"Successfully assigned default/{pods[0]['metadata']['name']} to box-node" in described
     managers = {m["manager"] for m in rs["metadata"]["managedFields"]}
     assert managers == {"kube-controller-manager"}
 
@@ -355,6 +358,9 @@ def test_pods_whose_requests_do_not_fit_the_node_stay_pending_until_room_is_made
             return cond if cond and cond.get("reason") == "Unschedulable" else None
         cond = wait_for(unschedulable, what="the pod to be unschedulable")
         assert cond["status"] == "False" and cond["message"].startswith("0/1 nodes are available: 1 Insufficient cpu.")
+        name = _pods(api, labelSelector="app=web")[0]["metadata"]["name"]
+        events = _items(api, "/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={name}")
+        assert [(e["type"], e["reason"], e["message"]) for e in events] == [("Warning", "FailedScheduling", cond["message"])]
         pod = _pods(api, labelSelector="app=web")[0]
         assert pod["status"]["phase"] == "Pending" and "nodeName" not in pod["spec"]
         big = {"metadata": {"name": "big"}, "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"memory": "2Gi"}}}]}}
