@@ -209,30 +209,25 @@ class PodRunner:
         if phase in ("Succeeded", "Failed"):
             ready = containers_ready = False
 
-        def cond(type_: str, value: bool, reason: str | None = None) -> dict[str, Any]:
+        def cond(type_: str, value: bool, reason: str = "", message: str = "") -> dict[str, Any]:
             status = "True" if value else "False"
             prev = old_conditions.get(type_) or {}
             c = {"type": type_, "status": status, "lastProbeTime": None,
                  "lastTransitionTime": prev.get("lastTransitionTime") if prev.get("status") == status else _now()}
             if not value and reason:
-                c["reason"] = reason
+                c["reason"], c["message"] = reason, message
             return c
 
-        def not_ready(cs: list[Container]) -> str:
-            names = [c.name for c in cs if not c.ready]
-            return f"containers with unready status: [{' '.join(names)}]" if names else ""
-
+        unready = f"containers with unready status: [{' '.join(c.name for c in self.containers if not c.ready)}]"
+        not_ready = ("PodCompleted", "") if phase == "Succeeded" else ("ContainersNotReady", unready)
+        incomplete = [c.name for c in self.init if (c.state.get("terminated") or {}).get("exitCode", 1) != 0]
         conditions = [cond("PodReadyToStartContainers", self.mounts_ready),
-                      cond("Initialized", self.initialized, "ContainersNotInitialized"),
-                      cond("Ready", ready, "PodCompleted" if phase == "Succeeded" else "ContainersNotReady"),
-                      cond("ContainersReady", containers_ready, "PodCompleted" if phase == "Succeeded" else "ContainersNotReady"),
+                      cond("Initialized", self.initialized, "ContainersNotInitialized",
+                           f"containers with incomplete status: [{' '.join(incomplete)}]"),
+                      cond("Ready", ready, *not_ready),
+                      cond("ContainersReady", containers_ready, *not_ready),
                       cond("PodScheduled", True)]
         conditions += [c for t, c in old_conditions.items() if t not in {x["type"] for x in conditions}]
-        for c in conditions:
-            if c["type"] in ("Ready", "ContainersReady") and c["status"] == "False" and c.get("reason") == "ContainersNotReady":
-                c["message"] = not_ready(self.containers)
-            if c["type"] == "Initialized" and c["status"] == "False":
-                c["message"] = f"containers with incomplete status: [{' '.join(x.name for x in self.init if 'terminated' not in x.state or x.state['terminated']['exitCode'])}]"
         images = {c["name"]: c.get("image", "") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])}
         status: dict[str, Any] = {
             "phase": phase, "conditions": conditions, "hostIP": self.k.host_ip, "hostIPs": [{"ip": self.k.host_ip}],
@@ -292,13 +287,12 @@ class PodRunner:
             c.state = {"waiting": {"reason": "ErrImagePull", "message": msg}}
             self.write_status()
             self.k.event(self.pod, "Warning", "Failed", msg, c.name)
-            delay = self.k.backoff(attempts)
-            attempts += 1
-            await asyncio.sleep(min(delay, 1.0) if attempts == 1 else 0)
+            await asyncio.sleep(min(self.k.backoff_base, 1.0))  # the next sync finds the pull backing off
             c.state = {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{name}"'}}
             self.write_status()
             self.k.event(self.pod, "Normal", "BackOff", f'Back-off pulling image "{name}"', c.name)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self.k.backoff(attempts))
+            attempts += 1
 
     async def _run_init(self, c: Container, volumes: dict[str, Path]) -> bool:
         """Runs an init container to its end; True once it succeeded, False to run it again."""

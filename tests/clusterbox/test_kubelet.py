@@ -331,12 +331,23 @@ def test_stopping_the_box_kills_every_pod(tmp_path: Path) -> None:
 
 
 def test_kubectl_logs(api: httpx.Client, kubectl: Any) -> None:
-    create_pod(api, "talks", [container("c", py("import os; print('attempt', flush=True); raise SystemExit(1)"))])
-    wait_for(lambda: status_of(api, "talks").get("restartCount", 0) >= 1, 30, "a restart")
-    assert kubectl("logs", "talks").stdout == "attempt\n"
-    assert kubectl("logs", "talks", "--previous").stdout == "attempt\n"
-    assert kubectl("logs", "talks", "-c", "c", "--tail=1").stdout == "attempt\n"
-    assert kubectl("logs", "talks", "-f").stdout.startswith("attempt\n")  # follows until that container ends
+    # The first run says so and fails; the restarted one (same emptyDir) says so and stays up.
+    talk = py("""
+        import os, time
+        first = not os.path.exists("/state/ran")
+        open("/state/ran", "w").close()
+        print("first run" if first else "second run", flush=True)
+        if first:
+            raise SystemExit(1)
+        time.sleep(300)
+    """)
+    create_pod(api, "talks", [container("c", talk, volumeMounts=[{"name": "state", "mountPath": "/state"}])],
+               volumes=[{"name": "state", "emptyDir": {}}])
+    wait_for(lambda: status_of(api, "talks").get("restartCount", 0) >= 1 and logs(api, "talks"), 30, "the second run's output")
+    assert kubectl("logs", "talks").stdout == "second run\n"
+    assert kubectl("logs", "talks", "--previous").stdout == "first run\n"
+    assert kubectl("logs", "talks", "-c", "c", "--tail=1").stdout == "second run\n"
+    assert kubectl("logs", "talks", "--previous", "-f").stdout == "first run\n"  # follows until that container's end
     missing = kubectl("logs", "talks", "-c", "nope", check=False)
     assert missing.returncode != 0 and "container nope is not valid for pod talks" in missing.stderr
     shown = kubectl("get", "pod", "talks", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}")
@@ -369,3 +380,21 @@ def test_a_deployments_pods_run_and_serve_through_the_services_endpoints(api: ht
               headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
     wait_for(lambda: len(api.get(f"{NS}/pods", params={"labelSelector": "app=web"}).json()["items"]) == 1, 30, "one pod left")
     assert len(ready_endpoints()) == 1
+
+
+def test_a_pod_reaches_the_api_server_as_its_service_account(api: httpx.Client) -> None:
+    call = py("""
+        import json, os, ssl, urllib.error, urllib.request
+        sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+        token = open(sa + "/token").read()
+        ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+        url = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}/api/v1/namespaces/default/pods"
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer " + token}), context=ctx)
+        except urllib.error.HTTPError as e:
+            print(e.code, json.load(e)["message"], flush=True)
+    """)
+    create_pod(api, "asks", [container("c", call)], restartPolicy="Never")
+    wait_phase(api, "asks", "Succeeded")
+    assert logs(api, "asks") == ('403 pods is forbidden: User "system:serviceaccount:default:default" cannot list resource '
+                                 '"pods" in API group "" in the namespace "default"\n')
