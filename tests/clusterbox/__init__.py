@@ -37,6 +37,12 @@ conditions (ProgressDeadlineExceeded included); one Node (`box-node`, its CPU an
 `ClusterBox(node_cpu=, node_memory=)`) and a scheduler that binds pods whose requests fit and marks
 the others Unschedulable; EndpointSlices for Services with a selector, from pod IPs and readiness.
 
+The kubelet (kubelet.py, on with `ClusterBox(kubelet=True)`): the pods bound to `box-node` run as
+local processes, each on a loopback address of its own, with init containers, env, volumes as
+folders, probes, restarts with back-off, graceful deletion and `kubectl logs`; podsite/
+sitecustomize.py stands in for network and mount namespaces in the pods' Python processes. Its
+own docstring says what it does not model.
+
 What it does not model: real scheduling (one node; nodeSelector only: no affinity, taints,
 preemption or topology spread); proportional scaling of a Deployment resized mid-rollout; adoption
 of orphaned ReplicaSets and pods; the HPA controller; networking beyond loopback; cgroups and
@@ -47,7 +53,7 @@ protocol) and most of the built-in kinds' hand-written validation (the schema's 
 fields are checked); CRD version conversion and validation ratcheting; protobuf bodies, so the
 `kubectl create configmap|secret|deployment ...` generators fail (`kubectl create -f` and `apply`
 work; `kubectl auth can-i` works: its one protobuf body is decoded); impersonation (`--as`);
-Pod logs, exec and port-forward.
+pod exec, attach and port-forward.
 """
 
 from .box import ClusterBox
