@@ -40,6 +40,7 @@ from .batcher import Batcher, QueueFull
 from .config import WorkerSettings
 from .elastic_tokenizers import TokenizationError
 from .engine import Cancelled, Engine, InferRequest, Job, TooManyRows, engine_for
+from .hop import Answer
 from .metrics import WorkerMetrics
 from .modelstore import MANIFEST, ModelInfo
 
@@ -276,23 +277,42 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
 
     async def infer(request: Request) -> Response:
         if state.state != "started":
-            reason = state.failure or f"model [{state.info.model_id}] is {state.state}"
-            return _error(503, "status_exception", reason, {"Retry-After": "1"})
-        t0 = time.perf_counter()
+            return _not_serving()
         body = await request.body()  # within max_body_bytes (GatewayOnly)
+        ticket = Ticket()
+        watcher = asyncio.create_task(_watch_disconnect(request, ticket, state))
+        try:
+            return await run_infer(body, _timeout_of(request.headers.get(TIMEOUT_HEADER)), ticket)
+        finally:
+            watcher.cancel()
+
+    def _not_serving() -> Response:
+        reason = state.failure or f"model [{state.info.model_id}] is {state.state}"
+        return _error(503, "status_exception", reason, {"Retry-After": "1"})
+
+    async def run_infer(body: bytes, timeout: float | None, ticket: Ticket) -> Response:
+        """One inference request, whichever way it came (HTTP, or the embedded gateway's hop)."""
+        t0 = time.perf_counter()
         # Large bodies leave large freed blocks behind: give them back once the answer is sent.
         trim = BackgroundTask(trim_memory) if len(body) >= TRIM_AFTER_BYTES else None
         loop = asyncio.get_running_loop()
-        ticket = Ticket()
         future = loop.create_future()
-        watcher = asyncio.create_task(_watch_disconnect(request, ticket, state))
-        timer = _deadline(request, ticket, state, loop)
+        timer = loop.call_later(timeout, ticket.cancel, "timeout", state) if timeout is not None else None
         try:
             return await _infer(body, ticket, future, t0, trim)
         finally:
-            watcher.cancel()
             if timer is not None:
                 timer.cancel()
+
+    async def hop_infer(body: bytes, timeout: float | None, gone: asyncio.Future[None]) -> Answer:
+        """``/infer`` over the hop (worker/hop.py): the same answer, as (status, headers, body, background)."""
+        response = _not_serving() if state.state != "started" else None
+        if response is None:
+            ticket = Ticket()
+            gone.add_done_callback(lambda _: ticket.cancel("disconnect", state))
+            response = await run_infer(body, timeout if timeout is None or 0 < timeout < 1e7 else None, ticket)
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return response.status_code, headers, bytes(response.body), response.background
 
     def _new_job(body: bytes | InferRequest, future: asyncio.Future[None], ticket: Ticket) -> Job:
         req = body if isinstance(body, InferRequest) else _parse(body, state)
@@ -438,6 +458,7 @@ def create_app(settings: WorkerSettings, engine: Engine | None = None) -> Starle
         lifespan=lifespan,
     )
     app.state.worker = state
+    app.state.hop_infer = hop_infer
     return app
 
 
@@ -450,14 +471,12 @@ async def _watch_disconnect(request: Request, ticket: Ticket, state: WorkerState
             return
 
 
-def _deadline(request: Request, ticket: Ticket, state: WorkerState,
-              loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
-    """Cancel the request when the gateway's timeout for it passes (sent as X-Infernetes-Timeout, seconds)."""
-    raw = request.headers.get(TIMEOUT_HEADER)
+def _timeout_of(raw: str | None) -> float | None:
+    """The gateway's timeout for a request (X-Infernetes-Timeout, seconds): past it the request is dropped."""
     try:
         seconds = float(raw) if raw is not None else None
     except ValueError:
         seconds = None
     if seconds is None or not 0 < seconds < 1e7:
         return None
-    return loop.call_later(seconds, ticket.cancel, "timeout", state)
+    return seconds

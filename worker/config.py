@@ -27,6 +27,8 @@ class WorkerSettings:
     port: int = 8080
     # An inherited listening socket (the local runtime keeps the port stable across restarts).
     fd: int | None = None
+    # A Unix socket path where the embedded gateway's binary hop reaches /infer (worker/hop.py); HTTP stays.
+    ipc_path: Path | None = None
     # Inputs (rows) waiting or running before new requests get 429 (Elasticsearch's queue_capacity).
     queue_capacity: int = 1024
     # Batches are cut when their padded token count (rows x longest row) would pass this.

@@ -72,6 +72,9 @@ def serve(settings: WorkerSettings, engine: Any = None) -> int:
                 server.should_exit = True
 
         watcher = asyncio.create_task(watch_load())
+        if settings.ipc_path is not None:
+            # Listening before uvicorn starts, so the hop is there once /readyz says ready.
+            await _start_hop(app, settings, server)
         # An inherited socket is wrapped here rather than given to uvicorn as `fd`: uvicorn takes every fd for a
         # UNIX socket, and the event loop then never sets TCP_NODELAY on accepted connections (40 ms stalls).
         sockets = [socket.socket(fileno=settings.fd)] if settings.fd is not None else None
@@ -85,6 +88,18 @@ def serve(settings: WorkerSettings, engine: Any = None) -> int:
     except ImportError:
         asyncio.run(main())
     return EXIT_MODEL_FAILED if state.failure else 0
+
+
+async def _start_hop(app: Any, settings: WorkerSettings, server: Any) -> None:
+    import orjson
+
+    from .app import error_body
+    from .hop import HopServer
+
+    hop = HopServer(settings.ipc_path, app.state.hop_infer,
+                    lambda status, kind, reason: orjson.dumps(error_body(status, kind, reason)),
+                    settings.auth_token, settings.max_body_bytes, server.server_state)
+    await hop.start()
 
 
 def main(argv: list[str] | None = None) -> None:

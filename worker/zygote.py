@@ -36,7 +36,7 @@ def _settings(base: dict[str, Any]) -> WorkerSettings:
     # Settings the runtime does not pass come from the environment, as `infernetes worker` reads them.
     if "device" not in values and ENV_PREFIX + "DEVICE" in os.environ:
         values["device"] = os.environ[ENV_PREFIX + "DEVICE"]
-    for key in ("model_dir", "termination_log"):
+    for key in ("model_dir", "termination_log", "ipc_path"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     return WorkerSettings(**values)

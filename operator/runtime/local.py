@@ -28,6 +28,7 @@ import httpx
 from ...worker.download import Progress, canonical_id
 from ...worker.modelstore import ModelInfo
 from ...worker.config import AUTH_TOKEN_ENV
+from ...worker.hop import usable_path
 from ...worker.server import EXIT_MODEL_FAILED
 from ..autoscaler import AutoscalerSettings
 from ..capacity import Capacity
@@ -62,6 +63,8 @@ class LocalSettings:
     worker_log_level: str = "warning"
     # Allocations x threads one deployment may run (all together: 16 times as many); None: the machine's CPUs.
     max_allocated_processors: int | None = None
+    # The gateway reaches workers' /infer over a Unix socket with binary frames (worker/hop.py), not HTTP.
+    binary_hop: bool = True
 
 
 @dataclass(eq=False)
@@ -146,7 +149,10 @@ class LocalRuntime:
         self.downloads: dict[str, tuple[asyncio.Task[None], Progress]] = {}
         # A credential per run: workers answer only callers that hold it (the router and the probes here).
         self.credential = secrets.token_urlsafe(32)
-        self.router = Router(credential=self.credential)
+        # url -> the allocation's Unix socket, where /infer takes the binary hop (worker/hop.py).
+        self.hop_paths: dict[str, str] = {}
+        self.router = Router(credential=self.credential,
+                             hop_path=self.hop_paths.get if settings.binary_hop else None)
         self._probe = httpx.AsyncClient(timeout=2.0, trust_env=False,
                                         headers={"Authorization": f"Bearer {self.credential}"})
         self.logs = settings.data_dir / "logs"
@@ -392,6 +398,9 @@ class LocalRuntime:
                 self._reconcile_later(dep)
                 break
             alloc = Allocation(index=index, deployment=dep, sock=sock)
+            hop_path = self.run_dir / f"w{alloc.port}.sock"  # the port is unique while the allocation lives
+            if self.settings.binary_hop and usable_path(hop_path):  # else HTTP only (a path too long for Unix)
+                self.hop_paths[alloc.url] = str(hop_path)
             dep.allocations.append(alloc)
             alloc.task = asyncio.create_task(self._supervise(alloc), name=f"allocation-{alloc.name}")
         while len(dep.allocations) > dep.target:
@@ -443,6 +452,7 @@ class LocalRuntime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await alloc.task
         alloc.state = "stopped"
+        self.hop_paths.pop(alloc.url, None)
         alloc.sock.close()
 
     def _worker_settings(self, alloc: Allocation) -> dict[str, Any]:
@@ -462,6 +472,7 @@ class LocalRuntime:
             "termination_log": str(self.run_dir / f"{alloc.name}.termination"),
             "parent_pid": os.getpid(),
             "log_level": s.worker_log_level,
+            **({"ipc_path": self.hop_paths[alloc.url]} if alloc.url in self.hop_paths else {}),
         }
 
     async def _launch(self, alloc: Allocation) -> WorkerHandle:

@@ -6,6 +6,9 @@ draining), retries once on another one: inference is idempotent, so a retry is s
 
 aiohttp rather than httpx here: on this hot path it costs about half the CPU per request
 (profiled), and kopf already brings it in.
+
+In the embedded runtime ``/infer`` takes the binary hop (worker/hop.py: a Unix socket, length-prefixed
+frames) instead of HTTP; the answers and the failure handling above are the same either way.
 """
 
 from __future__ import annotations
@@ -18,9 +21,19 @@ from collections.abc import Callable
 import aiohttp
 import orjson
 
+from ...worker import hop
 from ..errors import RequestTimeout, ServiceUnavailable, error_body
 
-RETRIABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+class HopError(ConnectionError):
+    """The hop's connection to a worker failed (reset, or closed before an answer)."""
+
+
+class HopUnavailable(HopError):
+    """Nothing listens on the worker's hop socket (a restart in progress): HTTP, whose listening socket the
+    runtime holds across restarts, queues the request instead."""
+
+
+RETRIABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, HopError)
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Worker headers the gateway passes on: back-pressure, and the prompt token count (OpenAI's usage).
 PASSED_HEADERS = ("Retry-After", "X-Infernetes-Prompt-Tokens")
@@ -30,10 +43,63 @@ PASSED_HEADERS = ("Retry-After", "X-Infernetes-Prompt-Tokens")
 TIMEOUT_HEADER = "X-Infernetes-Timeout"
 
 
+class Hops:
+    """Kept connections of the binary hop (worker/hop.py), per worker socket path; one request at a time each."""
+
+    def __init__(self, credential: str | None) -> None:
+        self.credential = credential or ""
+        self.idle: collections.defaultdict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = \
+            collections.defaultdict(list)
+
+    async def request(self, path: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+        header = {"auth": self.credential, "timeout": round(timeout, 3)}
+        for attempt in range(2):
+            kept = self.idle[path]
+            reused = bool(kept) and attempt == 0
+            try:
+                reader, writer = kept.pop() if reused else await asyncio.open_unix_connection(path, limit=1 << 20)
+            except OSError as exc:  # not listening (stopping, restarting)
+                raise HopUnavailable(f"{type(exc).__name__}: {exc}") from None
+            answered = False
+            try:
+                writer.write(b"".join(hop.encode(header, payload)))
+                frame = await hop.read_frame(reader)
+                if frame is None or frame[1] is None:
+                    raise ConnectionResetError("the worker closed the connection before answering")
+                answered = True
+            except (OSError, asyncio.IncompleteReadError, hop.FrameError) as exc:
+                if reused:
+                    # A kept connection the worker had closed (restarted, drained): the others are likely
+                    # stale too. A fresh one: inference is idempotent.
+                    self.discard(path)
+                    continue
+                raise HopError(f"{type(exc).__name__}: {exc}") from None
+            finally:
+                if not answered:  # also on cancellation and timeout: the worker sees the client leave
+                    writer.close()
+            kept.append((reader, writer))
+            answer, body = frame
+            return int(answer.get("status", 502)), body or b"", dict(answer.get("headers") or {})
+        raise HopError("no connection")  # not reached: the second attempt returns or raises
+
+    def discard(self, path: str) -> None:
+        for _reader, writer in self.idle.pop(path, []):
+            writer.close()
+
+    def close(self) -> None:
+        for kept in self.idle.values():
+            for _reader, writer in kept:
+                writer.close()
+        self.idle.clear()
+
+
 class Router:
-    def __init__(self, credential: str | None = None) -> None:
+    def __init__(self, credential: str | None = None, hop_path: Callable[[str], str | None] | None = None) -> None:
         # Workers accept only calls that carry this run's credential (WorkerSettings.auth_token).
         self.headers = {**JSON_HEADERS, **({"Authorization": f"Bearer {credential}"} if credential else {})}
+        # The embedded runtime's workers also listen on a Unix socket (worker/hop.py): /infer goes there.
+        self.hop_path = hop_path
+        self.hops = Hops(credential)
         self._session: aiohttp.ClientSession | None = None
         self.inflight: collections.Counter[str] = collections.Counter()
         self._turn = itertools.count()
@@ -47,6 +113,7 @@ class Router:
         return self._session
 
     async def close(self) -> None:
+        self.hops.close()
         if self._session is not None:
             await self._session.close()
 
@@ -76,28 +143,35 @@ class Router:
             url = self.pick(candidates)
             self.inflight[url] += 1
             try:
-                headers = {**self.headers, TIMEOUT_HEADER: f"{timeout:.3f}"}
-                async with self.session.post(url + path, data=payload, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=timeout,
-                                                                           connect=min(5.0, timeout))) as resp:
-                    content = await resp.read()
-                    if resp.status == 503 and len(candidates) > 1:
-                        # Not serving (a replacement still loading on the dead one's port, or one
-                        # draining): another allocation can answer now.
-                        candidates.remove(url)
-                        continue
-                    if 400 <= resp.status < 500 and not _is_es_error(content):
-                        reason = content[:200].decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
-                        return resp.status, orjson.dumps(error_body(resp.status, "status_exception", reason)), {}
-                    if resp.status >= 500 and not _is_es_error(content):
-                        # Not the worker's own answer: its server cut the request off (the allocation was
-                        # stopped and the request outlived the drain timeout) and sent a plain-text 500.
-                        raise ServiceUnavailable(
-                            f"the allocation of {what} stopped before it answered (HTTP {resp.status}: "
-                            f"{content[:100].decode('utf-8', 'replace').strip() or 'no body'}): it was stopped or "
-                            "scaled down while the request ran longer than its drain timeout, or it failed; "
-                            "retry the request")
-                    return resp.status, content, {k: v for k in PASSED_HEADERS if (v := resp.headers.get(k))}
+                hop_path = self.hop_path(url) if self.hop_path is not None and path == "/infer" else None
+                status = 0
+                if hop_path is not None:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            status, content, raw = await self.hops.request(hop_path, payload, timeout)
+                        lower = {k.lower(): v for k, v in raw.items()}
+                        passed = {k: v for k in PASSED_HEADERS if (v := lower.get(k.lower()))}
+                    except HopUnavailable:
+                        pass
+                if not status:
+                    status, content, passed = await self._post(url + path, payload, timeout)
+                if status == 503 and len(candidates) > 1:
+                    # Not serving (a replacement still loading on the dead one's port, or one
+                    # draining): another allocation can answer now.
+                    candidates.remove(url)
+                    continue
+                if 400 <= status < 500 and not _is_es_error(content):
+                    reason = content[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+                    return status, orjson.dumps(error_body(status, "status_exception", reason)), {}
+                if status >= 500 and not _is_es_error(content):
+                    # Not the worker's own answer: its server cut the request off (the allocation was
+                    # stopped and the request outlived the drain timeout) and sent a plain-text 500.
+                    raise ServiceUnavailable(
+                        f"the allocation of {what} stopped before it answered (HTTP {status}: "
+                        f"{content[:100].decode('utf-8', 'replace').strip() or 'no body'}): it was stopped or "
+                        "scaled down while the request ran longer than its drain timeout, or it failed; "
+                        "retry the request")
+                return status, content, passed
             except asyncio.TimeoutError:
                 raise RequestTimeout(
                     f"Timed out after [{timeout:g}s] waiting for inference on {what}; "
@@ -117,6 +191,14 @@ class Router:
             + (f" (the allocation failed: {type(last_error).__name__})" if last_error else "")
             + "; retry the request"
         )
+
+
+    async def _post(self, url: str, payload: bytes, timeout: float) -> tuple[int, bytes, dict[str, str]]:
+        headers = {**self.headers, TIMEOUT_HEADER: f"{timeout:.3f}"}
+        async with self.session.post(url, data=payload, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=timeout, connect=min(5.0, timeout))) as resp:
+            content = await resp.read()
+            return resp.status, content, {k: v for k in PASSED_HEADERS if (v := resp.headers.get(k))}
 
 
 def _is_es_error(content: bytes) -> bool:
