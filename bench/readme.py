@@ -91,23 +91,28 @@ def flops(r: dict[str, Any]) -> str:
     rows = [x for x in r["results"].items() if "utilisation" in x[1]]
     if not rows:
         return ""
-    peak = r.get("gemm_peak", {}).get("start") or {}
+    peak = r.get("gemm_peak", {}).get("used") or {}
     int8 = peak.get("int8_best")
     out = [f"**Against the physical limit: model FLOP utilisation** — inputs/s × FLOPs per input (from the model's "
            f"layers, hidden and intermediate sizes and the measured tokens per input: 2 × multiply-adds of every "
-           f"matrix product plus attention's) ÷ the GEMM peak measured in this run ({peak.get('n', '?')}² matmul at "
-           f"the same threads: fp32 torch {_f(peak.get('fp32_torch', 0) / 1e9, 1)} GFLOP/s; int8 "
-           f"{_f((int8 or 0) / 1e9, 1)} GOP/s, the better of `torch._int_mm` and ONNX Runtime's MatMulInteger). "
-           "The int8 model keeps its feed-forward output projections and attention in fp32, so its limit mixes "
-           "the two peaks by FLOP share:", "",
-           "| task / inputs | tokens / input | GFLOP / input | in-process GFLOP/s (utilisation) | HTTP GFLOP/s "
-           "(utilisation) | limit GFLOP/s |", "|---|---|---|---|---|---|"]
+           f"matrix product plus attention's) ÷ the GEMM peak measured in this run: a {peak.get('n', '?')}² matmul "
+           f"at the same threads, timed by CPU time (the rate while it runs, which other processes do not lower), "
+           f"the better of a reading at the start and one at the end: fp32 torch "
+           f"{_f(peak.get('fp32_torch', 0) / 1e9, 1)} GFLOP/s; int8 {_f((int8 or 0) / 1e9, 1)} GOP/s, the better of "
+           "`torch._int_mm` and ONNX Runtime's MatMulInteger. The int8 model keeps its feed-forward output "
+           "projections and attention in fp32, so its limit mixes the two peaks by FLOP share. The last column "
+           "divides FLOPs by the server's CPU-seconds instead of the wall clock, so it does not depend on what "
+           "else ran:", "",
+           "| task / inputs | tokens / input | GFLOP / input | limit GFLOP/s | in-process GFLOP/s (utilisation) | HTTP "
+           "GFLOP/s (utilisation) | server GFLOP per CPU-second (utilisation) |", "|---|---|---|---|---|---|---|"]
     for key, x in rows:
         u = x["utilisation"]
+        per_cpu = u.get("server_per_cpu_second")
+        cpu_cell = f"{per_cpu['achieved_gflops']:.1f} ({100 * per_cpu['utilisation']:.0f}%)" if per_cpu else "–"
         out.append(f"| {key.replace('/', ' / ')} | {x['tokens_per_input']:.0f} | "
-                   f"{x['flops_per_input']['total'] / 1e9:.3f} | {u['in_process']['achieved_gflops']:.1f} "
-                   f"({100 * u['in_process']['utilisation']:.0f}%) | {u['http']['achieved_gflops']:.1f} "
-                   f"({100 * u['http']['utilisation']:.0f}%) | {u['http']['peak_gflops']:.1f} |")
+                   f"{x['flops_per_input']['total'] / 1e9:.3f} | {u['http']['peak_gflops']:.1f} | "
+                   f"{u['in_process']['achieved_gflops']:.1f} ({100 * u['in_process']['utilisation']:.0f}%) | "
+                   f"{u['http']['achieved_gflops']:.1f} ({100 * u['http']['utilisation']:.0f}%) | {cpu_cell} |")
     return "\n".join(out) + "\n"
 
 
@@ -117,13 +122,16 @@ def profile(r: dict[str, Any]) -> str:
     if not p:
         return ""
     s = p["time_shares"]
+    over = p.get("linear_layers_over_peak") or 0
+    why = (f"{p.get('hidden', '?')}-wide products run below a large square matmul's speed" if over < 0.9
+           else "close to the large matmul's speed")
     return (f"**Where the rest goes** (fp32 passages in-process, batch {p['batch_size']}, {p['inputs']} passages, "
             f"torch.profiler; shares of CPU time): tokenisation {100 * s['tokenisation']:.1f}%, the linear layers "
             f"{100 * s['linear_layers']:.0f}% (running at {_f(p['linear_layers_gflops'], 1)} GFLOP/s, "
-            f"{100 * (p['linear_layers_over_peak'] or 0):.0f}% of the {r['gemm_peak']['start']['n']}² matmul's "
-            f"peak: 384-wide products are too small to reach it), attention {100 * s['attention']:.0f}% of the time "
-            f"for {100 * p['attention_share_of_flops']:.0f}% of the FLOPs (softmax and batched products of "
-            f"64-wide heads), the other operators (layer norm, GELU, adds) {100 * s['other_operators']:.0f}%, "
+            f"{100 * over:.0f}% of the {r['gemm_peak']['used']['n']}² matmul's peak: {why}), attention "
+            f"{100 * s['attention']:.0f}% of the time for {100 * p['attention_share_of_flops']:.0f}% of the FLOPs "
+            f"(softmax and batched products of {p.get('head_width', '?')}-wide heads), the other operators (layer "
+            f"norm, GELU, adds) {100 * s['other_operators']:.0f}%, "
             f"Python and framework {100 * s['python_and_framework']:.0f}% (the profiler's own overhead "
             f"included); padding is {100 * p['padding_share_of_tokens']:.1f}% of the computed tokens (encode sorts "
             "inputs by length).\n")
