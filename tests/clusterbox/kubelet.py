@@ -262,6 +262,10 @@ class PodRunner:
             raise
         except _Stop:
             return
+        except Exception as exc:  # noqa: BLE001 - a kubelet bug: shown on the pod and on stderr, not lost in a task
+            import traceback
+            traceback.print_exc()
+            self.k.event(self.pod, "Warning", "FailedSync", f"the cluster box's kubelet failed: {type(exc).__name__}: {exc}")
 
     async def _volumes(self) -> dict[str, Path]:
         """Each volume's folder; waits (with events) while a Secret, ConfigMap or PVC is missing."""
@@ -588,6 +592,7 @@ class Kubelet:
         self.wake = _Wake()
         self._events: dict[tuple[Any, ...], str] = {}
         self._probes: set[asyncio.subprocess.Process] = set()  # exec probes running now
+        self._finishing: set[asyncio.Task[None]] = set()  # pods being stopped after a delete
         self._task: asyncio.Task[None] | None = None
         self._session: Any = None
         self._res = server.by_plural("", "pods")
@@ -632,7 +637,9 @@ class Kubelet:
             if runner is not None and not runner.terminating:
                 grace = float(meta.get("deletionGracePeriodSeconds") or 0)
                 runner.terminating = True
-                asyncio.get_running_loop().create_task(self._finish(runner, grace, deleted))
+                task = asyncio.get_running_loop().create_task(self._finish(runner, grace, deleted))
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
             elif runner is None and not deleted:
                 self._remove(obj)
             return
@@ -713,7 +720,7 @@ class Kubelet:
             _kill_tree(proc.pid, signal.SIGKILL, _descendants(proc.pid))
         with contextlib.suppress(asyncio.TimeoutError):  # reaped here, not by a transport collected after the loop closed
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 10)
-        tasks = [r.task for r in self.pods.values() if r.task is not None]
+        tasks = [r.task for r in self.pods.values() if r.task is not None] + list(self._finishing)
         for task in tasks:
             task.cancel()
         if tasks:
