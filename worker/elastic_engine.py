@@ -19,8 +19,17 @@ from __future__ import annotations
 from typing import Any
 
 from .elastic_format import DEFINITION, read_config, read_vocabulary, task_of, tokenization_of
-from .elastic_tokenizers import ElasticTokenizer
-from .engine import Engine, Job, RerankEngine, Segment, SparseEmbeddingEngine, TextEmbeddingEngine
+from .elastic_tokenizers import ElasticTokenizer, Window
+from .engine import (
+    Cancelled,
+    Engine,
+    Job,
+    RerankEngine,
+    Segment,
+    SparseEmbeddingEngine,
+    TextEmbeddingEngine,
+    _slice_features,
+)
 
 
 class ElasticEngine(Engine):
@@ -103,11 +112,52 @@ class ElasticSparseEmbeddingEngine(ElasticEngine, SparseEmbeddingEngine):
 
 
 class ElasticRerankEngine(ElasticEngine, RerankEngine):
+    """With ``truncate: none`` and a ``span``, a long document is scored window by window (each window repeats the
+    query) and its score is the windows' ``max`` or ``mean`` (``span_score_combination_function``), as
+    Elasticsearch's text_similarity does. Windows are the job's rows, so the queue and its metrics count the work."""
+
     def _loaded(self) -> None:
         self.activation = None  # Elasticsearch answers the model's logit as the score
+        task_config = read_config(self.info)["inference_config"].get("text_similarity", {})
+        self.span_score = task_config.get("span_score_combination_function") or "max"
 
     def _reduce(self, output: Any, mask: Any) -> Any:
         return output.reshape(output.shape[0], -1)[:, 0]
+
+    def rows(self, request: Any) -> list[Any]:
+        pairs = super().rows(request)
+        if self.elastic_tokenizer.span == -1:
+            return pairs
+        return [w for i, pair in enumerate(pairs) for w in self.elastic_tokenizer.windows(pair, i)]
+
+    def prepare(self, job: Job, max_tokens: int, max_rows: int) -> list[Segment]:
+        if not job.rows or not isinstance(job.rows[0], Window):
+            return super().prepare(job, max_tokens, max_rows)
+        features = self.elastic_tokenizer.tensors(job.rows)
+        lengths = features["attention_mask"].sum(1).tolist()
+        job.tokens = int(sum(lengths))
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        key = (None, self.routed_task(job.request))  # as Engine.prepare keys a rerank job's segments
+        segments: list[Segment] = []
+        start = 0
+        while start < len(order):
+            if job.cancelled:
+                raise Cancelled()
+            width = max(1, lengths[order[start]])
+            idx = order[start : start + max(1, min(max_rows, max_tokens // width))]
+            segments.append(Segment(job, idx, _slice_features(features, idx, width), width * len(idx), key))
+            start += len(idx)
+        job.segments_left = len(segments)
+        return segments
+
+    def render(self, job: Job) -> bytes:
+        if job.rows and isinstance(job.rows[0], Window):  # one score per document from its windows' scores
+            combine = max if self.span_score == "max" else (lambda xs: sum(xs) / len(xs))
+            per_doc: dict[int, list[float]] = {}
+            for window, score in zip(job.rows, job.outputs):
+                per_doc.setdefault(window.row, []).append(float(score))
+            job.outputs = [combine(per_doc[i]) for i in range(len(per_doc))]
+        return super().render(job)
 
 
 ENGINES: dict[str, type[ElasticEngine]] = {

@@ -124,6 +124,9 @@ def validate_config(model_id: str, body: Any) -> dict[str, Any]:
                 parse_tokenization(task_config.get("tokenization") or {"bert": {}})
             except TokenizationError as exc:
                 errors.append(f"[inference_config.{task}.tokenization] {exc}")
+            combine = task_config.get("span_score_combination_function")
+            if task == "text_similarity" and combine is not None and combine not in ("max", "mean"):
+                errors.append(f"[span_score_combination_function] must be one of [max, mean], got [{combine}]")
             size = task_config.get("embedding_size")
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
                 errors.append(f"[embedding_size] must be a positive integer, got [{size}]")

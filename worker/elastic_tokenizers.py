@@ -105,6 +105,9 @@ def parse_tokenization(raw: Any) -> Tokenization:
     span = merged["span"]
     if isinstance(span, bool) or not isinstance(span, int) or span < -1:
         raise TokenizationError(f"[span] must be -1 or a non-negative integer, got [{span}]")
+    if span > msl:
+        raise TokenizationError(f"[span] provided [{span}] must not be greater than [max_sequence_length] provided "
+                                f"[{msl}]")
     if span != -1 and merged["truncate"] != "none":
         raise TokenizationError(f"[span] [{span}] can only be set when [truncate] is [none]")
     for flag in ("with_special_tokens", "do_lower_case", "add_prefix_space"):
@@ -185,6 +188,36 @@ def build_tokenizer(tokenization: Tokenization, vocab: dict[str, Any]) -> Any:
     return tok
 
 
+@dataclass(frozen=True)
+class Window:
+    """One window of a long input (``truncate: none`` with a ``span``): its ids and token types, special tokens
+    included, and which row it belongs to."""
+
+    ids: list[int]
+    type_ids: list[int]
+    row: int = 0
+
+
+def window_bounds(word_ids: list[Any], size: int, span: int) -> list[tuple[int, int]]:
+    """Elasticsearch's windows over a token sequence (``NlpTokenizer.tokenize`` with a span): ``size`` tokens each,
+    never ending inside a word; the next starts ``span`` tokens before the previous end, backed up to a word's
+    first token. ``word_ids`` says which word each token belongs to."""
+    n, out = len(word_ids), []
+    start = end = 0
+    while end < n:
+        end = min(start + size, n)
+        if end != n:  # do not end inside a word
+            while end > start + 1 and word_ids[end] == word_ids[end - 1]:
+                end -= 1
+        out.append((start, end))
+        previous = start
+        start = max(end - span, previous + 1)  # always forward (Elasticsearch loops on a span as long as the window)
+        if start < n:  # start at a word's first token
+            while start > previous + 1 and word_ids[start] == word_ids[start - 1]:
+                start -= 1
+    return out
+
+
 class ElasticTokenizer:
     """Batches of texts (or text pairs) to the padded tensors the kind's trace takes."""
 
@@ -192,23 +225,39 @@ class ElasticTokenizer:
         self.tokenization = tokenization
         self.tokenizer = build_tokenizer(tokenization, vocab)
         words = vocab["vocabulary"]
-        self.pad_id = words.index(_SPECIAL[tokenization.kind][2])
+        cls, sep, pad, _unk, self._doubled, self._pair_type = _SPECIAL[tokenization.kind]
+        self.pad_id = words.index(pad)
+        self._cls, self._sep = words.index(cls), words.index(sep)
         self.vocabulary: list[str] = list(words)
 
-    def encode(self, rows: list[Any]) -> tuple[dict[str, Any], list[bool]]:
-        """Tensors for the rows and, per row, whether it was truncated. ``truncate: none`` refuses long rows."""
-        import torch
+    @property
+    def span(self) -> int:
+        """Tokens that neighbouring windows share; -1: no windows (long inputs are truncated or refused)."""
+        return int(self.tokenization.settings["span"]) if self.tokenization.truncate == "none" else -1
 
+    def encode(self, rows: list[Any]) -> tuple[dict[str, Any], list[bool]]:
+        """Tensors for the rows and, per row, whether it was truncated. ``truncate: none`` refuses long rows, or
+        with a ``span`` keeps their first window, as Elasticsearch answers an input that is not chunked."""
         limit = self.tokenization.max_sequence_length
         encodings = self.tokenizer.encode_batch(rows)
         truncated = [len(e.ids) > limit for e in encodings]
         if any(truncated):
             mode = self.tokenization.truncate
-            if mode == "none":
+            if mode == "none" and self.span == -1:
                 longest = max(len(e.ids) for e in encodings)
                 raise TokenizationError(f"Input too large. The tokenized input length [{longest}] exceeds the "
                                         f"maximum sequence length [{limit}]")
-            encodings = [self._truncated(r, mode) if t else e for r, e, t in zip(rows, encodings, truncated)]
+            if mode == "none":
+                encodings = [self.windows(r)[0] if t else e for r, e, t in zip(rows, encodings, truncated)]
+                truncated = [False] * len(rows)  # windows are not truncation (Elasticsearch's is_truncated)
+            else:
+                encodings = [self._truncated(r, mode) if t else e for r, e, t in zip(rows, encodings, truncated)]
+        return self.tensors(encodings), truncated
+
+    def tensors(self, encodings: list[Any]) -> dict[str, Any]:
+        """Padded tensors of encodings (or windows): anything with ``ids`` and ``type_ids``."""
+        import torch
+
         width = max(1, max(len(e.ids) for e in encodings))
         n = len(encodings)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
@@ -225,8 +274,50 @@ class ElasticTokenizer:
             features["token_type_ids"] = types
         if "position_ids" in names:
             features["position_ids"] = torch.arange(width, dtype=torch.long).expand(n, width).contiguous()
-        return features, truncated
+        return features
 
+    def windows(self, row: Any, index: int = 0) -> list[Window]:
+        """A row as Elasticsearch feeds it with ``truncate: none`` and a ``span``: one window if it fits, else
+        overlapping windows of ``max_sequence_length`` tokens. For a (query, document) pair the document is
+        windowed and every window repeats the query (Elasticsearch's text_similarity)."""
+        limit, span = self.tokenization.max_sequence_length, max(0, self.span)
+        special = bool(self.tokenization.settings["with_special_tokens"])
+        if isinstance(row, (tuple, list)):
+            if not special:
+                raise TokenizationError("Unable to do sequence pair tokenization without special tokens")
+            query = self.tokenizer.encode(row[0], add_special_tokens=False)
+            doc = self.tokenizer.encode(row[1], add_special_tokens=False)
+            extra = 4 if self._doubled else 3
+            if len(query.ids) + len(doc.ids) + extra < limit:
+                whole = self.tokenizer.encode(row[0], row[1])
+                return [Window(list(whole.ids), list(whole.type_ids), index)]
+            size = limit - extra - len(query.ids)
+            if size <= 0:
+                raise TokenizationError(
+                    f"Unable to do sequence pair tokenization: the first sequence [{len(query.ids) + extra} tokens] "
+                    f"is longer than the max sequence length [{limit} tokens]")
+            if span > size:
+                raise TokenizationError(
+                    "Unable to do sequence pair tokenization: the combined first sequence, span length and "
+                    f"delimiting tokens [{len(query.ids)} + {span} + {extra} = {len(query.ids) + span + extra} "
+                    f"tokens] is longer than the max sequence length [{limit} tokens]. Reduce the size of the "
+                    "[span] window.")
+            head = [self._cls, *query.ids, self._sep] + ([self._sep] if self._doubled else [])
+            out = []
+            for a, b in window_bounds(doc.word_ids, size, span):
+                tail = [*doc.ids[a:b], self._sep]
+                out.append(Window(head + tail, [0] * len(head) + [self._pair_type] * len(tail), index))
+            return out
+        enc = self.tokenizer.encode(row, add_special_tokens=False)
+        extra = 2 if special else 0
+        if len(enc.ids) + extra <= limit:
+            whole = self.tokenizer.encode(row)
+            return [Window(list(whole.ids), list(whole.type_ids), index)]
+        out = []
+        for a, b in window_bounds(enc.word_ids, limit - extra, span):
+            ids = [self._cls, *enc.ids[a:b], self._sep] if special else list(enc.ids[a:b])
+            out.append(Window(ids, [0] * len(ids), index))
+        return out
 
     def _truncated(self, row: Any, mode: str) -> Any:
         pair = isinstance(row, (tuple, list))
