@@ -18,9 +18,12 @@ termination messages; graceful deletion (SIGTERM, the grace period, SIGKILL of t
 and every descendant); container logs for `kubectl logs`.
 
 What it does not model: real network and mount namespaces (native code and non-Python programs
-see the machine as it is), cgroups (no CPU or memory limit is enforced), image contents, image
-changes of a running pod, preStop/postStart hooks, gRPC probes, ephemeral containers, sidecar
-init containers (restartPolicy: Always on an init container).
+see the machine as it is: a Rust tokenizer or safetensors opening a file under a mountPath does not
+find it), Service virtual IPs and cluster DNS, cgroups (no CPU or memory limit is enforced, so no
+OOMKilled), securityContext (processes run as the test's user, root filesystems are writable),
+hostNetwork, image contents, image changes of a running pod, preStop/postStart hooks, gRPC probes,
+ephemeral containers, sidecar init containers (restartPolicy: Always on an init container), the
+admission plugin that adds the token volume to the spec (the kubelet mounts the token itself).
 """
 
 from __future__ import annotations
@@ -358,6 +361,8 @@ class PodRunner:
         term = Path(mounts[c.spec.get("terminationMessagePath") or "/dev/termination-log"])
         term.parent.mkdir(parents=True, exist_ok=True)
         term.write_bytes(b"")
+        self.k.event(self.pod, "Normal", "Pulled", f'Container image "{c.spec.get("image", "")}" already present on machine', c.name)
+        self.k.event(self.pod, "Normal", "Created", f"Created container {c.name}", c.name)
         started_at = _now()
         try:
             with open(c.log, "wb") as out:
