@@ -19,7 +19,7 @@ import torch
 from elastic_helpers import elastic_files
 
 from infernetes.worker.elastic_engine import ENGINES
-from infernetes.worker.elastic_format import install
+from infernetes.worker.elastic_format import ElasticFormatError, install, validate_config
 from infernetes.worker.elastic_tokenizers import TokenizationError, parse_tokenization, window_bounds
 from infernetes.worker.engine import InferRequest, Job
 from infernetes.worker.modelstore import ModelStore
@@ -49,6 +49,12 @@ def test_span_settings_are_checked():
         parse_tokenization({"bert": {"truncate": "none", "span": 600, "max_sequence_length": 512}})
     with pytest.raises(TokenizationError, match="only be set when"):
         parse_tokenization({"bert": {"truncate": "first", "span": 8}})
+    body = {"model_type": "pytorch", "input": {"field_names": ["text_field"]},
+            "inference_config": {"text_similarity": {"span_score_combination_function": "median"}}}
+    with pytest.raises(ElasticFormatError, match="must be one of \\[max, mean\\]"):
+        validate_config("m", body)
+    body["inference_config"]["text_similarity"]["span_score_combination_function"] = "mean"
+    assert validate_config("m", body)["inference_config"]["text_similarity"]["span_score_combination_function"] == "mean"
 
 
 def hf_windows(tokenizer, ids: list[int], words: list[int], size: int) -> list[list[int]]:
