@@ -63,8 +63,9 @@ class LocalSettings:
     worker_log_level: str = "warning"
     # Allocations x threads one deployment may run (all together: 16 times as many); None: the machine's CPUs.
     max_allocated_processors: int | None = None
-    # The gateway reaches workers' /infer over a Unix socket with binary frames (worker/hop.py), not HTTP.
-    binary_hop: bool = True
+    # The gateway reaches workers' /infer over a Unix socket with binary frames (worker/hop.py), not HTTP;
+    # INFERNETES_BINARY_HOP=0 keeps HTTP (for comparisons).
+    binary_hop: bool = field(default_factory=lambda: os.environ.get("INFERNETES_BINARY_HOP", "1") != "0")
 
 
 @dataclass(eq=False)
