@@ -95,6 +95,20 @@ SERVE_OWN_NAME = py("""
         def log_message(self, *a): pass
     HTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """)
+# The same on uvloop (as uvicorn runs), whose servers bind in C: host None is every address.
+SERVE_OWN_NAME_UVLOOP = py("""
+    import asyncio, os, uvloop
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport):
+            body = os.environ["HOSTNAME"].encode()
+            transport.write(b"HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body))
+            transport.close()
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Answer, None, 8080)
+        print(*[s.getsockname()[0] for s in server.sockets], flush=True)
+        await server.serve_forever()
+    uvloop.run(main())
+""")
 # Run inside the pod: 127.0.0.1:8080 must be this pod's own server, not the other pod's.
 REACHES_ITSELF = py("""
     import os, sys, urllib.request
@@ -103,9 +117,8 @@ REACHES_ITSELF = py("""
 
 
 def test_two_pods_listen_on_the_same_port_each_on_its_own_address(api: httpx.Client) -> None:
-    for name in ("web-a", "web-b"):
-        create_pod(api, name, [container("web", SERVE_OWN_NAME, readinessProbe={"exec": {"command": REACHES_ITSELF},
-                                                                                  "periodSeconds": 1})])
+    for name, serve in (("web-a", SERVE_OWN_NAME), ("web-b", SERVE_OWN_NAME_UVLOOP)):
+        create_pod(api, name, [container("web", serve, readinessProbe={"exec": {"command": REACHES_ITSELF}, "periodSeconds": 1})])
     ips = {}
     for name in ("web-a", "web-b"):
         p = wait_for(lambda n=name: condition(pod(api, n), "Ready") == "True" and pod(api, n), 30, f"{name} Ready")
@@ -116,6 +129,7 @@ def test_two_pods_listen_on_the_same_port_each_on_its_own_address(api: httpx.Cli
     assert ips["web-a"] != ips["web-b"]
     for name, ip in ips.items():
         assert httpx.get(f"http://{ip}:8080/", timeout=5).text == name
+    assert logs(api, "web-b") == ips["web-b"] + "\n"  # the uvloop server's only socket: the pod's address
 
 
 def test_init_containers_run_in_order_to_completion_before_the_containers(api: httpx.Client) -> None:
