@@ -67,20 +67,30 @@ def cpu_ticks(root: int) -> int:
     return total
 
 
+def own_ticks(pid: int) -> int:
+    """CPU clock ticks of ``pid`` itself (utime + stime), without its children."""
+    fields = _stat_fields(pid)
+    return sum(int(v) for v in fields[11:13]) if fields is not None else 0
+
+
 class CpuMeter:
-    """CPU seconds of a process tree over a phase: ``with CpuMeter(pid) as m: ...; m.seconds``."""
+    """CPU seconds of a process tree over a phase: ``with CpuMeter(pid) as m: ...; m.seconds``; ``m.root_seconds``
+    is the root's own share (for `infernetes serve`: the gateway; the rest is zygotes and workers)."""
 
     def __init__(self, root: int | None) -> None:
         self.root = root
         self.seconds: float | None = None
+        self.root_seconds: float | None = None
 
     def __enter__(self) -> CpuMeter:
-        self._before = cpu_ticks(self.root) if self.root else 0
+        if self.root:
+            self._before, self._root_before = cpu_ticks(self.root), own_ticks(self.root)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.root:
             self.seconds = (cpu_ticks(self.root) - self._before) / CLK_TCK
+            self.root_seconds = (own_ticks(self.root) - self._root_before) / CLK_TCK
 
 
 def memory(root: int) -> dict[str, float]:

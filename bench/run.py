@@ -179,6 +179,7 @@ def closed_loop(url: str, path: str, payloads: list[dict[str, Any]], concurrency
         elapsed = time.monotonic() - t0
     if meter.seconds is not None:
         result["server_cpu_s"] = round(meter.seconds, 3)
+        result["gateway_cpu_s"] = round(meter.root_seconds or 0.0, 3)  # the serve process itself; the rest: workers
         result["server_cpu_cores"] = round(meter.seconds / elapsed, 2)
     result["concurrency"] = concurrency
     return result
@@ -431,7 +432,10 @@ def cost_figures(entry: dict[str, Any], task: str, per_input: dict[str, float]) 
     ours = best.get("server_cpu_s_per_1000_inputs")
     cheapest = min((s["server_cpu_s_per_1000_inputs"] for s in entry["http"]
                     if s.get("server_cpu_s_per_1000_inputs")), default=None)
+    for level in entry["http"]:
+        level["gateway_cpu_s_per_1000_inputs"] = cost.per_thousand(level.get("gateway_cpu_s"), level["requests"] * k)
     entry["cpu"] = {"in_process_s_per_1000_inputs": base, "server_s_per_1000_inputs": ours,
+                    "gateway_s_per_1000_inputs": best.get("gateway_cpu_s_per_1000_inputs"),
                     "server_at_concurrency": best["concurrency"], "server_cheapest_s_per_1000_inputs": cheapest,
                     "ratio_server_to_in_process": round(ours / base, 3) if ours and base else None}
     entry["flops_per_input"] = {key: round(v) for key, v in per_input.items()}

@@ -49,6 +49,7 @@ def test_benchmark_quick(tmp_path, reranker_dir):
     # Cost: the server tree's CPU per 1,000 inputs against in-process, and FLOP utilisation, on every row.
     for result in report["results"].values():
         assert all(level["server_cpu_s"] > 0 for level in result["http"])
+        assert all(0 < level["gateway_cpu_s"] < level["server_cpu_s"] for level in result["http"])
         assert result["cpu"]["in_process_s_per_1000_inputs"] > 0 and result["cpu"]["server_s_per_1000_inputs"] > 0
         assert result["cpu"]["ratio_server_to_in_process"] == pytest.approx(
             result["cpu"]["server_s_per_1000_inputs"] / result["cpu"]["in_process_s_per_1000_inputs"], abs=0.002)
