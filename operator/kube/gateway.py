@@ -3,7 +3,8 @@
 ``PUT _inference/...`` creates an InferenceEndpoint (mapping Elasticsearch ids to Kubernetes names
 and back), ``_start`` a ModelDeployment; what ``kubectl apply`` creates is visible through the API
 and the other way round. Inference goes straight to the ready worker pods (least busy first,
-retried once on another pod if one dies), found by label and refreshed every second.
+retried once on another pod if one dies), found by label. Everything is read from watch caches
+(:mod:`.watchcache`: one LIST at start, then one WATCH per kind), never listed per request.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ class KubeRuntime:
         self.kube = kube
         self.namespace = namespace
         self.settings = settings
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # the pause before a dropped watch is resumed
         self.hold_limit = hold_limit
         # The credential worker pods demand (OperatorSettings.worker_credential_secret), from the same Secret.
         credential = os.environ.get(AUTH_TOKEN_ENV) or None
@@ -280,9 +281,12 @@ class KubeRuntime:
         self._held: dict[str, int] = {}
         # Everything the gateway serves comes from these watches (one stream per kind, never a LIST per request).
         self.caches = [
-            WatchCache(kube, API_VERSION, DEPLOYMENTS, namespace, kind=DEPLOYMENT_KIND, on_change=self._changed),
-            WatchCache(kube, API_VERSION, ENDPOINTS, namespace, kind=ENDPOINT_KIND, on_change=self._changed),
-            WatchCache(kube, "v1", "pods", namespace, f"{LABEL_MANAGED}={MANAGER}", on_change=self._changed),
+            WatchCache(kube, API_VERSION, DEPLOYMENTS, namespace, kind=DEPLOYMENT_KIND, on_change=self._changed,
+                       retry_s=poll_interval),
+            WatchCache(kube, API_VERSION, ENDPOINTS, namespace, kind=ENDPOINT_KIND, on_change=self._changed,
+                       retry_s=poll_interval),
+            WatchCache(kube, "v1", "pods", namespace, f"{LABEL_MANAGED}={MANAGER}", on_change=self._changed,
+                       retry_s=poll_interval),
         ]
 
     async def start(self) -> None:

@@ -66,6 +66,16 @@ async def test_the_gateway_serves_from_watches_with_its_own_identity(gbox, gapi)
             r = await client.delete("/_inference/text_embedding/beta")
             assert r.status_code == 200, r.text
             assert (await client.get("/_inference/beta")).status_code == 404
+
+            # A watch ends (a restarted API server, a timeout) and, before it resumes, history is compacted:
+            # the resumed watch gets 410 Gone and the cache lists again.
+            gbox.faults.inject("slow", resource="inferenceendpoints", verb="watch", delay=1.0)
+            assert gbox.faults.drop_watches("inferenceendpoints") >= 1
+            gapi.post(f"/api/v1/namespaces/{NS}/configmaps", json={"apiVersion": "v1", "kind": "ConfigMap",
+                                                                   "metadata": {"name": "later"}})
+            gbox.compact()
+            gapi.post(f"/apis/infernetes.dev/v1alpha1/namespaces/{NS}/inferenceendpoints", json=endpoint_cr("delta"))
+            await _eventually(lambda: client.get("/_inference/delta"), 200)
         forbidden = [c for c in gbox.requests() if c[2] == GATEWAY_USER and c[1] in ("secrets", "services")]
         assert not forbidden
     finally:
