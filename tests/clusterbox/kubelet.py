@@ -175,9 +175,9 @@ class PodRunner:
         self.dir = kubelet.root / "pods" / self.uid
         spec = pod.get("spec") or {}
         self.init = [Container(c, True) for c in spec.get("initContainers") or []]
-        for c in self.init:
-            c.state = {"waiting": {"reason": "PodInitializing"}}
         self.containers = [Container(c, False) for c in spec.get("containers") or []]
+        for c in self.init + (self.containers if self.init else []):
+            c.state = {"waiting": {"reason": "PodInitializing"}}
         self.initialized = not self.init
         self.mounts_ready = False
         self.terminating = False
@@ -255,9 +255,6 @@ class PodRunner:
             for c in self.init:
                 while not await self._run_init(c, volumes):
                     pass
-                if self.phase() == "Failed":
-                    self.write_status()
-                    return
             self.initialized = True
             self.write_status()
             await asyncio.gather(*(self._keep_running(c, volumes) for c in self.containers))
@@ -302,7 +299,8 @@ class PodRunner:
             attempts += 1
 
     async def _run_init(self, c: Container, volumes: dict[str, Path]) -> bool:
-        """Runs an init container to its end; True once it succeeded, False to run it again."""
+        """Runs an init container to its end; True once it succeeded, False to run it again
+        (_Stop when the pod never restarts: it has failed)."""
         policy = (self.pod.get("spec") or {}).get("restartPolicy", "Always")
         code = await self._start_and_wait(c, volumes)
         if code == 0:

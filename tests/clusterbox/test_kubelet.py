@@ -158,6 +158,14 @@ def test_a_failing_init_container_is_retried_and_holds_the_containers(api: httpx
     assert r.status_code == 400 and "is waiting to start" in r.json()["message"]
 
 
+def test_a_failed_init_container_fails_a_pod_that_never_restarts(api: httpx.Client) -> None:
+    create_pod(api, "init-never", [container("main", py("print('never')"))],
+               initContainers=[container("setup", py("raise SystemExit(5)"))], restartPolicy="Never")
+    p = wait_phase(api, "init-never", "Failed")
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 5
+    assert p["status"]["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+
+
 def test_env_from_fields_secrets_and_config_maps_and_mounted_files(api: httpx.Client) -> None:
     api.post(f"{NS}/secrets", json={"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
                                     "data": {"password": base64.b64encode(b"s3cret").decode(),
