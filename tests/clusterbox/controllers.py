@@ -297,11 +297,23 @@ def _controlled_by(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
 
 
 def _without_hash(template: dict[str, Any]) -> dict[str, Any]:
+    """A pod template as EqualIgnoreHash compares it: without the hash label, and with empty and
+    null fields dropped (a Go client such as `kubectl rollout undo` sends `resources: {}` and
+    `creationTimestamp: null`, which the real server's decoding makes equal to absent)."""
     t = copy.deepcopy(template)
     labels = (t.get("metadata") or {}).get("labels")
     if labels:
         labels.pop(HASH_LABEL, None)
-    return t
+    return _drop_empty(t)
+
+
+def _drop_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _drop_empty(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_drop_empty(v) for v in value]
+    return value
 
 
 def _revision(rs: dict[str, Any]) -> int:
@@ -473,7 +485,20 @@ class Controllers:
             else:
                 new_rs, olds, status = self._rolling(d, new_rs, olds, status)
             self._cleanup(d, [rs for rs in olds if self._fresh(rs)])
+        if new_rs is not None:
+            d = self._sync_revision(d, self._fresh(new_rs))
         self._deployment_status(d, new_rs, olds, status)
+
+    def _sync_revision(self, d: dict[str, Any], new_rs: dict[str, Any]) -> dict[str, Any]:
+        """The Deployment carries its newest ReplicaSet's revision annotation (`kubectl rollout
+        undo` patches /metadata/annotations and expects them there)."""
+        revision = str(_revision(new_rs))
+        annotations = d["metadata"].get("annotations") or {}
+        if annotations.get(REVISION) == revision:
+            return d
+        new = copy.deepcopy(d)
+        new["metadata"]["annotations"] = {**annotations, REVISION: revision}
+        return self._update("apps", "deployments", d, new)
 
     def _fresh(self, obj: dict[str, Any]) -> dict[str, Any]:
         """The stored version of an object written earlier in this pass."""
@@ -484,7 +509,14 @@ class Controllers:
                         status: dict[str, Any]) -> dict[str, Any]:
         spec = d["spec"]
         template = copy.deepcopy(spec.get("template") or {})
-        h = template_hash(template, int((d.get("status") or {}).get("collisionCount", 0)))
+        collisions = int((d.get("status") or {}).get("collisionCount", 0))
+        while True:  # a name taken by a ReplicaSet of another template: status.collisionCount moves the hash
+            h = template_hash(_drop_empty(template), collisions)
+            if self.s.get(self._res("apps", "replicasets"), d["metadata"]["namespace"], f"{d['metadata']['name']}-{h}") is None:
+                break
+            collisions += 1
+        if collisions:
+            status["collisionCount"] = collisions
         tmeta = template.setdefault("metadata", {})
         tmeta["labels"] = {**(tmeta.get("labels") or {}), HASH_LABEL: h}
         selector = copy.deepcopy(spec.get("selector") or {})

@@ -245,6 +245,36 @@ def test_min_ready_seconds_delays_availability(api: httpx.Client) -> None:
     assert time.time() >= ready_at + 1
 
 
+def test_kubectl_rollout_restart_and_undo(api: httpx.Client, kubectl: Kubectl) -> None:
+    api.post(DEPLOY, json=deployment("web", replicas=2))
+    _settle(api, 2)
+    first = _items(api, RS)[0]["metadata"]["name"]
+    assert api.get(f"{DEPLOY}/web").json()["metadata"]["annotations"] == {"deployment.kubernetes.io/revision": "1"}
+    kubectl("rollout", "restart", "deployment/web")
+    _settle(api, 2)
+    assert len(_items(api, RS)) == 2
+    # undo sends the old ReplicaSet's template as a Go client writes it (resources: {}, creationTimestamp: null)
+    # and patches /metadata/annotations, which the controller keeps on the Deployment.
+    assert "rolled back" in kubectl("rollout", "undo", "deployment/web").stdout
+    _settle(api, 2)
+    rss = {rs["metadata"]["name"]: rs for rs in _items(api, RS)}
+    assert len(rss) == 2 and rss[first]["spec"]["replicas"] == 2, "the first ReplicaSet is reused, not a third one made"
+    assert rss[first]["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    assert api.get(f"{DEPLOY}/web").json()["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+
+
+def test_a_replicaset_name_taken_by_another_template_moves_the_hash_with_collision_count(api: httpx.Client) -> None:
+    api.post(DEPLOY, json=deployment("web", replicas=1))
+    _settle(api, 1)
+    rs = _items(api, RS)[0]
+    rs["spec"]["template"]["spec"]["containers"][0]["image"] = "edited:by-hand"  # its name no longer matches its template
+    rs["spec"]["replicas"] = 0
+    assert api.put(f"{RS}/{rs['metadata']['name']}", json=rs).status_code == 200
+    wait_for(lambda: _status(api).get("collisionCount") == 1, what="the collision to be counted")
+    _settle(api, 1)
+    assert len(_items(api, RS)) == 2
+
+
 def _replay_pods(box: ClusterBox, since: int) -> Iterator[dict[str, dict[str, Any]]]:
     """Every state the store went through for pods after resourceVersion `since`, in order."""
     live: dict[str, dict[str, Any]] = {}
