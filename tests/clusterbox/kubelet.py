@@ -388,6 +388,9 @@ class PodRunner:
                 prober.cancel()
                 await asyncio.wait([prober])  # (awaiting it directly would swallow our own cancellation)
         c.proc = None
+        # A container ends with its main process: what it left running in its group goes too (as
+        # the processes of a PID namespace die with its first one).
+        _kill_tree(proc.pid, signal.SIGKILL, [])
         return self._terminated(c, _exit_code(code), "Error" if code else "Completed", None, started_at, term)
 
     def _terminated(self, c: Container, code: int, reason: str, message: str | None, started_at: str, term: Path) -> int:
@@ -423,7 +426,7 @@ class PodRunner:
         t0 = time.monotonic()
         startup = spec.get("startupProbe")
         if startup:
-            ok = await self._until(c, startup, t0, want=True)
+            ok = await self._until(c, startup, t0)
             if not ok:
                 await self._kill_for(c, proc, "Startup", startup)
                 return
@@ -439,8 +442,8 @@ class PodRunner:
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _until(self, c: Container, probe: dict[str, Any], t0: float, want: bool) -> bool:
-        """Probes until successThreshold successes (True) or failureThreshold failures (False)."""
+    async def _until(self, c: Container, probe: dict[str, Any], t0: float) -> bool:
+        """The startup probe: True at its first success, False after failureThreshold failures."""
         period, fail_n = _probe_numbers(probe)
         await asyncio.sleep(max(0.0, t0 + float(probe.get("initialDelaySeconds", 0)) - time.monotonic()))
         failures = 0

@@ -338,6 +338,18 @@ def test_deleting_a_pod_stops_its_whole_process_tree_after_the_grace_period(api:
         assert not p.is_running() or p.status() == psutil.STATUS_ZOMBIE, p
 
 
+def test_what_a_container_leaves_running_ends_with_it(api: httpx.Client) -> None:
+    leaves = py("""
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        print(child.pid, flush=True)
+    """)
+    create_pod(api, "leaves", [container("c", leaves)], restartPolicy="Never")
+    wait_phase(api, "leaves", "Succeeded")
+    child = int(logs(api, "leaves"))
+    wait_for(lambda: not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, 10, "the child gone")
+
+
 def test_stopping_the_box_kills_every_pod(tmp_path: Path) -> None:
     b = ClusterBox(kubelet=True, images={IMAGE: VENV_BIN}).start()
     try:
