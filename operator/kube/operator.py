@@ -170,8 +170,11 @@ class Reconciler:
             current = scaled
         replicas = desired_replicas(dep, current, self.settings)
         owner = Owner(API_VERSION, found.kind, body["metadata"]["name"], body["metadata"]["uid"])
+        from .uploads import uploaded_size  # an Eland upload's size, read with its task
+
+        size = self.catalog.size_of(dep.model_id) or uploaded_size(self.settings, dep.model_id)
         workload = plan(dep, namespace=namespace, replicas=replicas, owner=owner, settings=self.settings,
-                        model_size_bytes=self.catalog.size_of(dep.model_id),
+                        model_size_bytes=size,
                         placement=placement_of(body.get("spec")))
         changes = []
         for manifest in workload.manifests:

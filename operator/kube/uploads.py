@@ -152,8 +152,14 @@ class UploadsRoute:
 
 # -- the operator's side ---------------------------------------------------------------------------
 
-_known: dict[tuple[str, str], tuple[str, float]] = {}
+_known: dict[tuple[str, str], tuple[str, int | None, float]] = {}
 _REMEMBER_S = 300.0
+
+
+def uploaded_size(settings: OperatorSettings, model_id: str) -> int | None:
+    """The definition size of an uploaded model whose task :func:`uploaded_task` read (to size the pods' memory)."""
+    hit = _known.get((settings.uploads_url or "", model_id))
+    return hit[1] if hit is not None else None
 
 
 async def uploaded_task(settings: OperatorSettings, model_id: str) -> str | None:
@@ -162,7 +168,7 @@ async def uploaded_task(settings: OperatorSettings, model_id: str) -> str | None
         return None
     key = (settings.uploads_url, model_id)
     hit = _known.get(key)
-    if hit is not None and time.monotonic() - hit[1] < _REMEMBER_S:
+    if hit is not None and time.monotonic() - hit[2] < _REMEMBER_S:
         return hit[0]
     token = os.environ.get(AUTH_TOKEN_ENV)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -174,13 +180,16 @@ async def uploaded_task(settings: OperatorSettings, model_id: str) -> str | None
     if resp.status_code != 200:
         return None
     try:
-        es_task = next(iter(resp.json()["inference_config"]))
+        meta = resp.json()
+        es_task = next(iter(meta["inference_config"]))
     except (ValueError, KeyError, TypeError, StopIteration):
         return None
     task = TASKS.get(es_task)
+    size = meta.get("size") if isinstance(meta.get("size"), int) else None
     if task is not None:
-        _known[key] = (task, time.monotonic())
+        _known[key] = (task, size, time.monotonic())
     return task
 
 
-__all__ = ["ROUTE", "UploadingModels", "UploadsRoute", "metadata", "uploaded_task", "uploads_catalog"]
+__all__ = ["ROUTE", "UploadingModels", "UploadsRoute", "metadata", "uploaded_size", "uploaded_task",
+           "uploads_catalog"]

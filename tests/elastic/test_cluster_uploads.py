@@ -28,9 +28,9 @@ from infernetes.operator.kube import ENDPOINTS
 from infernetes.operator.kube.client import Kube
 from infernetes.operator.kube.main import build_cluster_app
 from infernetes.operator.kube.operator import Reconciler
-from infernetes.operator.kube.planner import pull_command, pull_env
+from infernetes.operator.kube.planner import memory_mib, pull_command, pull_env, workload_name
 from infernetes.operator.kube.settings import DATA_DIR, OperatorSettings
-from infernetes.operator.kube.uploads import ROUTE, uploaded_task
+from infernetes.operator.kube.uploads import ROUTE, uploaded_size, uploaded_task
 from infernetes.worker.config import AUTH_TOKEN_ENV
 from infernetes.worker.elastic_repository import REPOSITORY_TOKEN_ENV
 from infernetes.worker.modelstore import ModelStore
@@ -133,15 +133,27 @@ async def test_uploads_reach_worker_pulls_and_survive_restarts(gbox, tmp_path, t
                    (await client.get("/_ml/trained_models")).json()["trained_model_configs"]}
         assert configs[MODEL]["fully_defined"] is True and configs["half-uploaded"]["fully_defined"] is False
         assert await uploaded_task(settings, MODEL) == "text_embedding"
+        assert uploaded_size(settings, MODEL) == len(data)  # sizes the pods' memory request
         assert await uploaded_task(settings, "half-uploaded") is None
         # The operator accepts the endpoint on the uploaded model (its task from the gateway's metadata).
         cr = gbox.client().get(f"/apis/infernetes.dev/v1alpha1/namespaces/{NS}/inferenceendpoints/my-uploaded").json()
         kube = Kube(kube_config(gbox))
         try:
-            found = await Reconciler(kube, settings).assess(ENDPOINTS, cr)
+            reconciler = Reconciler(kube, settings)
+            found = await reconciler.assess(ENDPOINTS, cr)
+            assert found.problem is None and found.deployment.task_type == "text_embedding"
+            await reconciler.reconcile(ENDPOINTS, cr)  # the worker Deployment, planned for the uploaded model
         finally:
             await kube.close()
-        assert found.problem is None and found.deployment.task_type == "text_embedding"
+        pod = gbox.client().get(f"/apis/apps/v1/namespaces/{NS}/deployments/{workload_name('my-uploaded')}"
+                                ).json()["spec"]["template"]["spec"]
+        pull, worker = pod["initContainers"][0], pod["containers"][0]
+        assert pull["command"] == pull_command(MODEL, settings)
+        assert {"name": REPOSITORY_TOKEN_ENV, "valueFrom": {"secretKeyRef": {
+            "name": "worker-credential", "key": "token"}}} in pull["env"]
+        # Memory sized from the uploaded definition, not the 500 MB guess for a model of unknown size.
+        assert worker["resources"]["requests"]["memory"] == f"{memory_mib(MODEL, settings, len(data))}Mi"
+        assert memory_mib(MODEL, settings, len(data)) < memory_mib(MODEL, settings)
         command = pull_command(MODEL, settings)
         assert command[command.index("--repository") + 1] == f"{client.base_url}{ROUTE}"
         assert command[command.index("--data-dir") + 1] == DATA_DIR
