@@ -143,6 +143,10 @@ def pull_elastic(store: ModelStore, model_id: str, repository: str, *, progress:
         vocab_raw = repo.read(vocab_name)
         if vocab_raw is None:
             raise DownloadError(f"model repository [{repository}] has no [{vocab_name}]")
+        vocab_sha = meta.get("vocabulary_sha256")  # the gateway's uploads route publishes one; Elastic's does not
+        if isinstance(vocab_sha, str) and hashlib.sha256(vocab_raw).hexdigest() != vocab_sha.lower():
+            raise DownloadError(f"checksum mismatch for [{vocab_name}] from [{repository}]: its sha256 is not the "
+                                f"[{vocab_sha}] of [{name}.metadata.json]")
         try:
             vocab = orjson.loads(vocab_raw)
         except orjson.JSONDecodeError as exc:

@@ -102,11 +102,13 @@ def uploads_catalog(settings: OperatorSettings) -> ClusterModels:
 
 
 def metadata(info: ModelInfo) -> dict[str, Any]:
-    """``{id}.metadata.json`` of an uploaded model, as Elastic's repository publishes its models."""
+    """``{id}.metadata.json`` of an uploaded model, as Elastic's repository publishes its models, plus the sha256 of
+    the vocabulary file (Elastic's metadata has one for the definition only), so every file a pod pulls is checked."""
     config = read_config(info)
     return {**{k: v for k, v in config.items() if k != "model_id"}, "packaged_model_id": info.model_id,
             "model_type": "pytorch", "size": (info.path / DEFINITION).stat().st_size,
-            "sha256": info.files[DEFINITION], "vocabulary_file": f"{info.model_id}.vocab.json"}
+            "sha256": info.files[DEFINITION], "vocabulary_file": f"{info.model_id}.vocab.json",
+            "vocabulary_sha256": info.files[VOCABULARY]}
 
 
 class UploadsRoute:

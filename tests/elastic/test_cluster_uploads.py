@@ -172,14 +172,17 @@ async def test_uploads_reach_worker_pulls_and_survive_restarts(gbox, tmp_path, t
         assert hashlib.sha256((pulled.path / "model.torchscript").read_bytes()).hexdigest() == \
             hashlib.sha256(data).hexdigest()
 
-        # A definition damaged on the gateway's volume is refused by its checksum.
+        # Files damaged on the gateway's volume are refused by their checksums: the vocabulary, then the definition.
         served = ModelStore(volume / "models").get(MODEL)
         assert served is not None
+        (served.path / "vocabulary.json").write_text((served.path / "vocabulary.json").read_text().replace("a", "b"))
+        rc, out = await asyncio.to_thread(ensure, command, tmp_path / "pod3", TOKEN)
+        assert rc == 1 and f"checksum mismatch for [{MODEL}.vocab.json]" in out, out
         damaged = bytearray((served.path / "model.torchscript").read_bytes())
         damaged[len(damaged) // 2] ^= 0xFF
         (served.path / "model.torchscript").write_bytes(bytes(damaged))
         rc, out = await asyncio.to_thread(ensure, command, tmp_path / "pod2", TOKEN)
-        assert rc == 1 and "checksum mismatch" in out, out
+        assert rc == 1 and f"checksum mismatch for [{MODEL}.pt]" in out, out
 
 
 async def test_without_an_upload_volume_uploads_are_refused(gbox, tiny_elastic):  # noqa: F811
