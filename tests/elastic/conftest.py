@@ -102,3 +102,14 @@ def timed(request: pytest.FixtureRequest) -> Callable[[str], contextlib.Abstract
 
     return timer
 
+
+
+@pytest.fixture(scope="session")
+def tiny_elastic(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[bytes, dict, dict]:
+    """The tiny sentence model traced as Eland traces a text_embedding model (with a search prefix): the
+    TorchScript bytes, the config and the vocabulary, for the upload tests."""
+    from elastic_helpers import elastic_files
+
+    path, config, vocab = elastic_files(tiny_model_dir, tmp_path_factory.mktemp("tiny-elastic"),
+                                        prefix_strings={"search": "query: "})
+    return path.read_bytes(), config, vocab

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,6 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from elastic_helpers import elastic_files
 from helpers import run_process_group
 
 from cluster.gateway_fixtures import NS, gbox, kube_config  # noqa: F401
@@ -32,7 +32,8 @@ from infernetes.operator.kube.planner import memory_mib, pull_command, pull_env,
 from infernetes.operator.kube.settings import DATA_DIR, OperatorSettings
 from infernetes.operator.kube.uploads import ROUTE, uploaded_size, uploaded_task
 from infernetes.worker.config import AUTH_TOKEN_ENV
-from infernetes.worker.elastic_repository import REPOSITORY_TOKEN_ENV
+from infernetes.worker.download import DownloadError
+from infernetes.worker.elastic_repository import REPOSITORY_TOKEN_ENV, pull_elastic
 from infernetes.worker.modelstore import ModelStore
 
 pytestmark = pytest.mark.slow
@@ -40,12 +41,6 @@ pytestmark = pytest.mark.slow
 TOKEN = "worker-secret-for-the-test"
 INFERNETES = str(Path(sys.executable).with_name("infernetes"))
 MODEL = "minilm-uploaded"
-
-
-@pytest.fixture(scope="module")
-def tiny_elastic(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[bytes, dict, dict]:
-    path, config, vocab = elastic_files(tiny_model_dir, tmp_path_factory.mktemp("tiny-elastic"))
-    return path.read_bytes(), config, vocab
 
 
 @contextlib.asynccontextmanager
@@ -158,9 +153,13 @@ async def test_uploads_reach_worker_pulls_and_survive_restarts(gbox, tmp_path, t
         assert command[command.index("--repository") + 1] == f"{client.base_url}{ROUTE}"
         assert command[command.index("--data-dir") + 1] == DATA_DIR
 
-        # The pod's pull: without the credential refused; with it, a resumed download, checksum-verified.
-        rc, out = await asyncio.to_thread(ensure, command, tmp_path / "no-token", None)
-        assert rc == 1 and "401" in out, out
+        # The pod's pull (the real command): a resumed download, checksum-verified. The refusals below call the
+        # function it runs, in-process (a process start each would cost seconds).
+        repository = f"{client.base_url}{ROUTE}"
+        monkeypatch.delenv(REPOSITORY_TOKEN_ENV, raising=False)
+        with pytest.raises(DownloadError, match="401"):
+            await asyncio.to_thread(pull_elastic, ModelStore(tmp_path / "no-token"), MODEL, repository)
+        monkeypatch.setenv(REPOSITORY_TOKEN_ENV, TOKEN)
         pod = tmp_path / "pod"
         staging = pod / "models" / f".download-{MODEL}"
         staging.mkdir(parents=True)
@@ -176,13 +175,13 @@ async def test_uploads_reach_worker_pulls_and_survive_restarts(gbox, tmp_path, t
         served = ModelStore(volume / "models").get(MODEL)
         assert served is not None
         (served.path / "vocabulary.json").write_text((served.path / "vocabulary.json").read_text().replace("a", "b"))
-        rc, out = await asyncio.to_thread(ensure, command, tmp_path / "pod3", TOKEN)
-        assert rc == 1 and f"checksum mismatch for [{MODEL}.vocab.json]" in out, out
+        with pytest.raises(DownloadError, match=re.escape(f"checksum mismatch for [{MODEL}.vocab.json]")):
+            await asyncio.to_thread(pull_elastic, ModelStore(tmp_path / "pod3"), MODEL, repository)
         damaged = bytearray((served.path / "model.torchscript").read_bytes())
         damaged[len(damaged) // 2] ^= 0xFF
         (served.path / "model.torchscript").write_bytes(bytes(damaged))
-        rc, out = await asyncio.to_thread(ensure, command, tmp_path / "pod2", TOKEN)
-        assert rc == 1 and f"checksum mismatch for [{MODEL}.pt]" in out, out
+        with pytest.raises(DownloadError, match=re.escape(f"checksum mismatch for [{MODEL}.pt]")):
+            await asyncio.to_thread(pull_elastic, ModelStore(tmp_path / "pod2"), MODEL, repository)
 
 
 async def test_without_an_upload_volume_uploads_are_refused(gbox, tiny_elastic):  # noqa: F811

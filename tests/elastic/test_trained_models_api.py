@@ -13,19 +13,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from elastic_helpers import elastic_files
 from helpers import ServerThread, es_error
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["How do I bake bread at home?", "The stock market fell today.", "a"]
-
-
-@pytest.fixture(scope="module")
-def tiny_elastic(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[bytes, dict, dict]:
-    path, config, vocab = elastic_files(tiny_model_dir, tmp_path_factory.mktemp("tiny-elastic"),
-                                        prefix_strings={"search": "query: "})
-    return path.read_bytes(), config, vocab
 
 
 @pytest.fixture(scope="module")
