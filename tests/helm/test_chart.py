@@ -33,6 +33,7 @@ FEATURES: dict[str, dict[str, Any]] = {
     "no-auth": {"auth": {"enabled": False}},
     "operator-only": {"gateway": {"enabled": False}},
     "worker-scheduling": {"workers": {"nodeSelector": {"pool": "ml"}, "priorityClassName": "inference",
+                                      "lowPriorityClassName": "inference-low",
                                       "tolerations": [{"key": "ml", "operator": "Exists", "effect": "NoSchedule"}],
                                       "affinity": {"podAntiAffinity": {}}},
                           "modelHub": {"url": "https://mirror.example", "tokenSecret": "hf"},
@@ -75,6 +76,7 @@ def test_operator_settings_are_accepted(feature):
     settings = OperatorSettings.model_validate(yaml.safe_load(cm["data"]["operator.yaml"]))
     if feature == "worker-scheduling":
         assert settings.node_selector == {"pool": "ml"} and settings.priority_class_name == "inference"
+        assert settings.low_priority_class_name == "inference-low"
         assert settings.image.endswith(":0.1.0-cuda") and settings.model_hub == "https://mirror.example"
         assert settings.models["msmarco-MiniLM-L12-cos-v5"].task_type == "text_embedding"
         assert settings.hub_token_secret == "hf" and settings.seed_dir == "/opt/infernetes/seed"
