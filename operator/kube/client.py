@@ -1,4 +1,4 @@
-"""A small async Kubernetes REST client: plain dicts in and out, merge patches, create-or-patch.
+"""A small async Kubernetes REST client: plain dicts in and out, merge patches, server-side apply.
 
 Credentials come from the ``kubernetes`` package's loaders (in-cluster service account, or a
 kubeconfig named explicitly, ``$KUBECONFIG``, or ``~/.kube/config``); the calls go through httpx,
@@ -15,10 +15,14 @@ from typing import Any
 import httpx
 
 from ..errors import Conflict, ResourceNotFound, StatusError
-from .planner import ANNOTATION_TEMPLATE_HASH
 
 log = logging.getLogger("infernetes.kube")
 MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply (JSON is YAML)
+FIELD_MANAGER = "infernetes"
+ANNOTATION_APPLIED = "infernetes.dev/applied-hash"  # hash of the manifest applied last
+MAX_RETRY_AFTER_S = 30.0  # the longest a 429's Retry-After is waited for, per attempt
+MAX_THROTTLED_ATTEMPTS = 5
 
 PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
@@ -120,10 +124,16 @@ class Kube:
             headers["Authorization"] = f"Bearer {token}"
         if body is not None:
             headers["Content-Type"] = content_type
+        import asyncio
         import json
 
-        resp = await self.http.request(method, path, params=params, headers=headers,
-                                       content=json.dumps(body) if body is not None else None)
+        for attempt in range(MAX_THROTTLED_ATTEMPTS):
+            resp = await self.http.request(method, path, params=params, headers=headers,
+                                           content=json.dumps(body) if body is not None else None)
+            if resp.status_code != 429 or attempt == MAX_THROTTLED_ATTEMPTS - 1:
+                break
+            # API priority and fairness (or a proxy) asks us to come back later: wait as long as it says.
+            await asyncio.sleep(retry_after(resp))
         if resp.status_code == 404:
             raise ResourceNotFound(f"{method} {path}: not found")
         if resp.status_code == 409:
@@ -162,29 +172,35 @@ class Kube:
         except ResourceNotFound:
             return False
 
-    # -- create-or-patch of planned children ---------------------------------------------------
-
-    async def apply(self, manifest: dict[str, Any]) -> str:
-        """Create the object, or patch what differs from the plan; returns created, patched or unchanged.
-
-        The pod template is compared by the plan's hash annotation (server defaults never count as a
-        difference); replicas, selector, ports and owner references are compared directly."""
+    async def server_side_apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply as the operator's field manager, forced: the object becomes exactly what the
+        manifest says for every field the operator manages; fields it applied before and no longer
+        applies are removed; fields others own (status, defaults, annotations of other tools) stay."""
         api_version, kind = manifest["apiVersion"], manifest["kind"]
-        plural = PLURALS[(api_version, kind)]
         meta = manifest["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        existing = await self.get(api_version, plural, namespace, name)
-        if existing is None:
-            try:
-                await self.create(api_version, plural, namespace, manifest)
-                return "created"
-            except Conflict:  # created meanwhile (another replica, a restart): fall through to patching
-                existing = await self.get(api_version, plural, namespace, name) or {}
-        patch = _difference(existing, manifest)
-        if not patch:
+        path = resource_path(api_version, PLURALS[(api_version, kind)], meta["namespace"], meta["name"])
+        result = await self.request("PATCH", path, params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                                    body=manifest, content_type=APPLY_PATCH)
+        return dict(result or {})
+
+    # -- apply of planned children ------------------------------------------------------------
+
+    async def apply(self, manifest: dict[str, Any], existing: dict[str, Any] | None | bool = False) -> str:
+        """Apply the manifest (server-side) unless the live object already matches it; returns created,
+        patched or unchanged. ``existing`` is the live object when the caller has it (None: absent).
+
+        Matching: the manifest's hash annotation is the one applied last (so nothing was dropped from the plan)
+        and every field of the manifest has its planned value in the live object (so nobody drifted it:
+        ``kubectl scale``, a removed label). Server defaults added around the plan never count."""
+        manifest = with_applied_hash(manifest)
+        api_version, kind = manifest["apiVersion"], manifest["kind"]
+        meta = manifest["metadata"]
+        if existing is False:
+            existing = await self.get(api_version, PLURALS[(api_version, kind)], meta["namespace"], meta["name"])
+        if isinstance(existing, dict) and _contains(existing, manifest):
             return "unchanged"
-        await self.patch(api_version, plural, namespace, name, patch)
-        return "patched"
+        await self.server_side_apply(manifest)
+        return "created" if existing is None else "patched"
 
 
 def _message(resp: httpx.Response) -> str:
@@ -194,34 +210,39 @@ def _message(resp: httpx.Response) -> str:
         return resp.text[:500]
 
 
-def _difference(existing: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    patch: dict[str, Any] = {}
-    old_meta, new_meta = existing.get("metadata", {}), desired["metadata"]
-    meta_patch = {}
-    for key in ("labels", "annotations"):
-        wanted = new_meta.get(key) or {}
-        have = old_meta.get(key) or {}
-        changed = {k: v for k, v in wanted.items() if have.get(k) != v}
-        if changed:
-            meta_patch[key] = changed
-    if [o.get("uid") for o in old_meta.get("ownerReferences") or []] != \
-            [o.get("uid") for o in new_meta.get("ownerReferences") or []]:
-        meta_patch["ownerReferences"] = new_meta.get("ownerReferences") or []
-    if meta_patch:
-        patch["metadata"] = meta_patch
-    old_spec, new_spec = existing.get("spec", {}) or {}, desired.get("spec", {})
-    spec_patch = {}
-    if desired["kind"] == "Deployment":
-        if (old_meta.get("annotations") or {}).get(ANNOTATION_TEMPLATE_HASH) != \
-                new_meta["annotations"].get(ANNOTATION_TEMPLATE_HASH):
-            spec_patch["template"] = new_spec["template"]
-            spec_patch["strategy"] = new_spec["strategy"]
-        if old_spec.get("replicas") != new_spec.get("replicas"):
-            spec_patch["replicas"] = new_spec["replicas"]
-    else:
-        for key in ("selector", "ports", "type"):
-            if old_spec.get(key) != new_spec.get(key):
-                spec_patch[key] = new_spec[key]
-    if spec_patch:
-        patch["spec"] = spec_patch
-    return patch
+def with_applied_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with the hash of its content as an annotation (what makes a dropped field a change)."""
+    import hashlib
+    import json
+
+    meta = dict(manifest["metadata"])
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION_APPLIED}
+    digest = hashlib.sha256(json.dumps({**manifest, "metadata": {**meta, "annotations": annotations}},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    meta["annotations"] = {**annotations, ANNOTATION_APPLIED: digest}
+    return {**manifest, "metadata": meta}
+
+
+def retry_after(resp: httpx.Response) -> float:
+    """Seconds a 429 asks to wait (Retry-After header, else the Status details), within bounds."""
+    raw = resp.headers.get("Retry-After")
+    if raw is None:
+        try:
+            raw = ((resp.json() or {}).get("details") or {}).get("retryAfterSeconds")
+        except ValueError:
+            raw = None
+    try:
+        seconds = float(raw) if raw is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _contains(live: Any, wanted: Any) -> bool:
+    """Every field of ``wanted`` has the same value in ``live`` (lists element by element, same length)."""
+    if isinstance(wanted, dict):
+        return isinstance(live, dict) and all(k in live and _contains(live[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return isinstance(live, list) and len(live) == len(wanted) and all(
+            _contains(a, b) for a, b in zip(live, wanted))
+    return bool(live == wanted)

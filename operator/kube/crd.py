@@ -109,6 +109,11 @@ STATUS = {
         "selector": {"type": "string", "description": "Label selector of the allocation pods (scale subresource)."},
         "reason": {"type": "string", "description": "Why the endpoint is not ready, when it is not."},
         "observedGeneration": {"type": "integer"},
+        "failure": {
+            "type": "object",
+            "description": "A pod or rollout failure and since when (state failed once it lasts failure_after_s).",
+            "properties": {"reason": {"type": "string"}, "since": {"type": "string", "format": "date-time"}},
+        },
         "conditions": {
             "type": "array",
             "items": CONDITION,
@@ -182,6 +187,16 @@ def _crd(plural: str, kind: str, short: str, spec: dict[str, Any], description: 
     }
 
 
+def immutable(path: str, field: str, message: str) -> dict[str, str]:
+    """A CEL transition rule: ``path.field`` keeps its value (or its absence) on every update."""
+    old, new = f"oldSelf.{path}", f"self.{path}"
+    return {
+        "rule": f"has({old}.{field}) == has({new}.{field}) && "
+                f"(!has({old}.{field}) || {old}.{field} == {new}.{field})",
+        "message": message,
+    }
+
+
 def endpoint_crd() -> dict[str, Any]:
     columns = [
         {"name": "Task", "type": "string", "jsonPath": ".spec.task_type"},
@@ -195,7 +210,12 @@ def endpoint_crd() -> dict[str, Any]:
                 "(has(self.spec.inference_id) ? self.spec.inference_id : self.metadata.name) "
                 "!= self.spec.service_settings.model_id",
         "message": "Inference endpoint IDs must be unique and must not match the model ID",
-    }]
+    },
+        # What the workload is: changing it would leave the old one behind (create a new endpoint instead).
+        immutable("spec.service_settings", "model_id", "service_settings.model_id cannot be updated"),
+        immutable("spec.service_settings", "deployment_id", "service_settings.deployment_id cannot be updated"),
+        immutable("spec", "inference_id", "inference_id cannot be updated"),
+    ]
     return _crd(ENDPOINTS, ENDPOINT_KIND, "ie", model_schema(EndpointResourceSpec),
                 "An Elasticsearch inference endpoint of the `elasticsearch` service: spec is the body of "
                 "PUT _inference/{task_type}/{inference_id}, plus the task type.",
@@ -211,7 +231,10 @@ def deployment_crd() -> dict[str, Any]:
     return _crd(DEPLOYMENTS, DEPLOYMENT_KIND, "mdep", model_schema(DeploymentResourceSpec),
                 "A model deployment that inference endpoints can share (service_settings.deployment_id), as "
                 "POST _ml/trained_models/{model_id}/deployment/_start creates in Elasticsearch.",
-                columns, ".spec.number_of_allocations", [])
+                columns, ".spec.number_of_allocations", [
+                    immutable("spec", "model_id", "model_id cannot be updated"),
+                    immutable("spec", "deployment_id", "deployment_id cannot be updated"),
+                ])
 
 
 def render(crd: dict[str, Any]) -> str:

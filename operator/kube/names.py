@@ -30,9 +30,19 @@ def k8s_name(es_id: str, *, reserve: int = 0) -> str:
     return f"{base}-{digest}"
 
 
+LABEL_VALUE = re.compile(r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+
+
 def label_value(es_id: str) -> str:
-    """A label value for an id (labels allow ``._-`` and 63 characters, alphanumeric at both ends)."""
-    value = re.sub(r"[^A-Za-z0-9._-]+", "-", es_id).strip("._-")
-    if len(value) > MAX_LABEL or value != es_id.strip("."):
-        value = k8s_name(es_id)
-    return value or "none"
+    """A label value for an id, injective (two ids never share one, so never a selector).
+
+    An id that is a valid label value in lower case (``my-e5``) is its own label value; any other
+    (a leading dot, upper case, too long) becomes a readable part, ``.X`` and a hash of the id.
+    Plain values have no upper case and encoded ones always have the ``X``, so the two kinds never
+    meet: ``.e5`` and ``e5`` (and ``e5.X<hash of .e5>``) select different pods."""
+    if len(es_id) <= MAX_LABEL and LABEL_VALUE.match(es_id):
+        return es_id
+    digest = hashlib.sha256(es_id.encode()).hexdigest()[:12]
+    base = re.sub(r"[^a-z0-9._-]+", "-", es_id.lower()).strip("._-")
+    base = base[: MAX_LABEL - len(digest) - 2].rstrip("._-")
+    return f"{base}.X{digest}" if base else f"X{digest}"

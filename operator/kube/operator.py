@@ -1,9 +1,16 @@
 """What the operator does for each custom resource: assess, plan, apply, report.
 
-:class:`Reconciler` holds the logic; :mod:`infernetes.operator.kube.handlers` wires it into kopf.
-A bad spec is reported (``Ready=False`` with Elasticsearch's reason, an Event) and never creates
-a workload; a valid one is planned purely and applied idempotently; status is recomputed from
-what the cluster shows, and written only when it changes.
+:class:`Reconciler` holds the logic; :class:`Controller` runs it level-triggered: every event on a
+custom resource, or on a Deployment, Service, PodDisruptionBudget or pod the operator manages, marks
+the deployment it belongs to, and the owner's reconcile runs again (a deleted child is recreated,
+``kubectl scale`` drift undone); a resync every ``status_interval_s`` catches anything missed.
+Children are written with server-side apply (field manager ``infernetes``, forced), so fields dropped
+from the plan disappear. What the watches showed is kept in one :class:`ClusterCache` (filled by one
+LIST per kind at startup): a reconcile reads the cache, never a LIST of every resource.
+
+A bad spec is reported (``Ready=False`` with Elasticsearch's reason, one Warning event per distinct
+problem) and never creates a workload; status is recomputed from what the cluster shows, written
+only when it changes, and ``observedGeneration`` moves only once that generation was applied.
 """
 
 from __future__ import annotations
@@ -16,16 +23,31 @@ from typing import Any
 from ...worker.download import builtin, canonical_id
 from ..errors import InfernetesError
 from ..records import Deployment, Endpoint
-from . import API_VERSION, DEPLOYMENT_KIND, DEPLOYMENTS, ENDPOINT_KIND, ENDPOINTS, ANNOTATION_FORCE_DELETE
-from .client import Kube
-from .names import k8s_name
+from . import (
+    ANNOTATION_FORCE_DELETE,
+    API_VERSION,
+    DEPLOYMENT_KIND,
+    DEPLOYMENTS,
+    ENDPOINT_KIND,
+    ENDPOINTS,
+    GROUP,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    MANAGER,
+)
+from .client import PLURALS, Kube
+from .names import k8s_name, label_value
 from .placement import placement_of
 from .planner import Owner, desired_replicas, plan, selector_string, workload_name
-from .resources import deployment_from_cr, endpoint_from_cr, find_owner
+from .resources import deployment_from_cr, endpoint_from_cr, own_deployment_id
 from .settings import OperatorSettings
 from .status import compute_status
 
 log = logging.getLogger("infernetes.operator")
+# On a resource whose deployment other endpoints use, and only there: deleting it waits until they are gone
+# (Elasticsearch refuses to delete such an endpoint). Elsewhere no finalizer: deletion never waits for us.
+FINALIZER = f"{GROUP}/shared-deployment"
+LEGACY_FINALIZER = f"{GROUP}/protect-shared-deployment"  # earlier versions put it on every owner: removed
 
 
 class ClusterCatalog:
@@ -69,14 +91,121 @@ def now_iso() -> str:
 
 
 def _status_view(status: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (status or {}).items() if k not in ("kopf", "autoscaler")}
+    return {k: v for k, v in (status or {}).items() if k not in ("kopf", "autoscaler") and v is not None}
+
+
+CHILD_KINDS = {  # plural -> apiVersion of what the operator creates and watches (label managed-by=infernetes)
+    "deployments": "apps/v1",
+    "services": "v1",
+    "poddisruptionbudgets": "policy/v1",
+    "pods": "v1",
+}
+CR_PLURALS = (DEPLOYMENTS, ENDPOINTS)
+
+
+def _version(obj: dict[str, Any]) -> int:
+    try:
+        return int(obj.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def creation_order(cr: dict[str, Any]) -> tuple[str, str, str]:
+    """Who came first: creation time, then name (then kind): the same answer on every replica, every time."""
+    meta = cr.get("metadata", {})
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or ""), str(cr.get("kind") or "")
+
+
+def deployment_id_of(cr: dict[str, Any]) -> str | None:
+    """The deployment a resource provides, or the one an endpoint reuses."""
+    own = own_deployment_id(cr)
+    if own is not None:
+        return own
+    ss = (cr.get("spec") or {}).get("service_settings") or {}
+    value = ss.get("deployment_id")
+    return str(value) if value else None
+
+
+def controller_uid(obj: dict[str, Any] | None) -> str | None:
+    for ref in (obj or {}).get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+class ClusterCache:
+    """What the operator's watches show: the custom resources, and the children and pods it manages.
+
+    Filled by one LIST per kind and namespace at startup, then kept by the watch events (kopf's);
+    an older resourceVersion never replaces a newer one."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {p: {} for p in (*CR_PLURALS, *CHILD_KINDS)}
+
+    def put(self, plural: str, obj: dict[str, Any], deleted: bool = False) -> None:
+        meta = obj.get("metadata", {})
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        store = self.objects[plural]
+        if deleted:
+            old = store.get(key)
+            if old is None or old.get("metadata", {}).get("uid") == meta.get("uid"):
+                store.pop(key, None)
+            return
+        old = store.get(key)
+        if old is not None and old.get("metadata", {}).get("uid") == meta.get("uid") and _version(old) > _version(obj):
+            return
+        if plural == ENDPOINTS:
+            obj = {**obj, "kind": ENDPOINT_KIND}
+        elif plural == DEPLOYMENTS:
+            obj = {**obj, "kind": DEPLOYMENT_KIND}
+        store[key] = obj
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects[plural].get((namespace, name))
+
+    def list(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        return [o for (ns, _), o in self.objects[plural].items() if namespace is None or ns == namespace]
+
+    def labelled(self, plural: str, namespace: str, label: str) -> list[dict[str, Any]]:
+        return [o for o in self.list(plural, namespace)
+                if (o.get("metadata", {}).get("labels") or {}).get(LABEL_DEPLOYMENT) == label]
+
+    async def fill(self, kube: Kube, namespaces: list[str] | None) -> None:
+        """The initial state: one LIST per kind and namespace (or cluster-wide)."""
+        for namespace in namespaces or [None]:  # type: ignore[list-item]
+            for plural in CR_PLURALS:
+                for obj in await kube.list(API_VERSION, plural, namespace):
+                    self.put(plural, obj)
+            for plural, api_version in CHILD_KINDS.items():
+                for obj in await kube.list(api_version, plural, namespace, f"{LABEL_MANAGED}={MANAGER}"):
+                    self.put(plural, obj)
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: OperatorSettings, catalog: ClusterCatalog | None = None) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, catalog: ClusterCatalog | None = None,
+                 cache: ClusterCache | None = None) -> None:
         self.kube = kube
         self.settings = settings
         self.catalog = catalog or ClusterCatalog(settings)
+        self.cache = cache  # None: every read goes to the API (one-off use, tests)
+
+    # -- reads: the cache when there is one ----------------------------------------------------
+
+    async def _crs(self, namespace: str, plural: str) -> list[dict[str, Any]]:
+        if self.cache is not None:
+            return self.cache.list(plural, namespace)
+        kind = ENDPOINT_KIND if plural == ENDPOINTS else DEPLOYMENT_KIND
+        return [{**cr, "kind": kind} for cr in await self.kube.list(API_VERSION, plural, namespace)]
+
+    async def _child(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.cache is not None:
+            return self.cache.get(plural, namespace, name)
+        return await self.kube.get(CHILD_KINDS[plural], plural, namespace, name)
+
+    async def _pods(self, namespace: str, deployment_id: str) -> list[dict[str, Any]]:
+        if self.cache is not None:
+            return self.cache.labelled("pods", namespace, label_value(deployment_id))
+        return await self.kube.list("v1", "pods", namespace, selector_string(deployment_id))
 
     # -- assessment (no writes) ---------------------------------------------------------------
 
@@ -111,17 +240,19 @@ class Reconciler:
                     f"Model [{dep.model_id}] serves the [{task}] task and cannot be used for the [{expected}] task"))
                 return found
             found.deployment = dep.with_(task_type=task)
-            existing = await self.kube.get("apps/v1", "deployments", namespace, workload_name(dep.deployment_id))
-            threads = _threads_of(existing)
-            if threads is not None and threads != dep.num_threads:
-                found.problem = ("InvalidSpec", "Validation Failed: 1: [num_threads] cannot be updated;")
-                return found
             clash = await self.owner_of(namespace, dep.deployment_id)
             if clash is not None and clash["metadata"]["uid"] != body["metadata"].get("uid"):
                 found.problem = ("DeploymentConflict", (
                     f"Could not start model deployment because an existing deployment with the same id "
                     f"[{dep.deployment_id}] exists ({clash['kind']} {clash['metadata']['name']})"))
                 found.permanent = False
+                return found
+            existing = await self._child("deployments", namespace, workload_name(dep.deployment_id))
+            threads = _threads_of(existing)
+            if threads is not None and threads != dep.num_threads and \
+                    controller_uid(existing) == body["metadata"].get("uid"):
+                found.problem = ("InvalidSpec", "Validation Failed: 1: [num_threads] cannot be updated;")
+                return found
         else:
             target = await self.owner_of(namespace, found.reuses or "")
             if target is None:
@@ -140,12 +271,23 @@ class Reconciler:
         return found
 
     async def owner_of(self, namespace: str, deployment_id: str) -> dict[str, Any] | None:
-        return await find_owner(self.kube, namespace, deployment_id)
+        """The resource that provides a deployment id: the live workload's controller when it still asks for
+        it (a live controller reference is never taken over), else the earliest created, then by name."""
+        candidates = [cr for plural in CR_PLURALS for cr in await self._crs(namespace, plural)
+                      if not cr["metadata"].get("deletionTimestamp") and own_deployment_id(cr) == deployment_id]
+        if not candidates:
+            return None
+        workload = await self._child("deployments", namespace, workload_name(deployment_id))
+        uid = controller_uid(workload)
+        for cr in candidates:
+            if uid is not None and cr["metadata"].get("uid") == uid:
+                return cr
+        return min(candidates, key=creation_order)
 
     async def dependents(self, namespace: str, deployment_id: str, exclude_uid: str | None) -> list[str]:
         """Endpoints that attach to a deployment they do not own."""
         out = []
-        for cr in await self.kube.list(API_VERSION, ENDPOINTS, namespace):
+        for cr in await self._crs(namespace, ENDPOINTS):
             if cr["metadata"].get("uid") == exclude_uid or cr["metadata"].get("deletionTimestamp"):
                 continue
             spec = cr.get("spec") or {}
@@ -157,19 +299,23 @@ class Reconciler:
     # -- actions --------------------------------------------------------------------------------
 
     async def reconcile(self, plural: str, body: dict[str, Any]) -> tuple[Assessment, list[str]]:
-        """Create or update the workload; returns the assessment and what was changed."""
+        """Make the workload what the spec asks for; returns the assessment and what was changed.
+        Raises (InfernetesError) when the API refuses a write: the caller retries, and must not report
+        this generation as observed."""
         found = await self.assess(plural, body)
         if found.problem or found.deployment is None:
             return found, []
         dep = found.deployment
         namespace = body["metadata"]["namespace"]
-        existing = await self.kube.get("apps/v1", "deployments", namespace, workload_name(dep.deployment_id))
+        uid = body["metadata"]["uid"]
+        name = workload_name(dep.deployment_id)
+        existing = await self._child("deployments", namespace, name)
         current = (existing or {}).get("spec", {}).get("replicas")
         scaled = (body.get("status") or {}).get("autoscaler", {}).get("target")
-        if dep.adaptive_enabled and isinstance(scaled, int):
-            current = scaled
+        if dep.adaptive_enabled and existing is None and isinstance(scaled, int):
+            current = scaled  # recreated: where the autoscaler had it
         replicas = desired_replicas(dep, current, self.settings)
-        owner = Owner(API_VERSION, found.kind, body["metadata"]["name"], body["metadata"]["uid"])
+        owner = Owner(API_VERSION, found.kind, body["metadata"]["name"], uid)
         from .uploads import uploaded_size  # an Eland upload's size, read with its task
 
         size = self.catalog.size_of(dep.model_id) or uploaded_size(self.settings, dep.model_id)
@@ -178,39 +324,55 @@ class Reconciler:
                         placement=placement_of(body.get("spec")))
         changes = []
         for manifest in workload.manifests:
-            result = await self.kube.apply(manifest)
+            plural_of = PLURALS[(manifest["apiVersion"], manifest["kind"])]
+            live = await self._child(plural_of, namespace, manifest["metadata"]["name"])
+            if live is not None and controller_uid(live) not in (None, uid):
+                # Another (or a deleted) resource's: the owner was decided above, so this one is being
+                # garbage-collected with its deleted owner. Never rewrite a controller reference: replace it.
+                await self.kube.delete(manifest["apiVersion"], plural_of, namespace, manifest["metadata"]["name"])
+                live = None
+            elif live is not None and manifest["kind"] == "Deployment" and \
+                    live.get("spec", {}).get("selector") != manifest["spec"]["selector"]:
+                # A selector is immutable: a workload of an older label scheme is replaced, not patched.
+                await self.kube.delete("apps/v1", "deployments", namespace, manifest["metadata"]["name"])
+                live = None
+            result = await self.kube.apply(manifest, live if self.cache is not None else False)
             if result != "unchanged":
                 changes.append(f"{manifest['kind']} {manifest['metadata']['name']} {result}")
         return found, changes
 
-    async def status(self, plural: str, body: dict[str, Any], found: Assessment | None = None) -> dict[str, Any]:
-        """The status the resource should show now."""
+    async def status(self, plural: str, body: dict[str, Any], found: Assessment | None = None, *,
+                     applied: bool = True) -> dict[str, Any]:
+        """The status the resource should show now. ``applied``: this generation's spec was applied (or
+        judged: a spec refused is observed too); else ``observedGeneration`` stays where it was."""
         found = found or await self.assess(plural, body)
         namespace = body["metadata"]["namespace"]
         dep_id = found.deployment_id
         workload = pods = None
         if dep_id and found.problem is None:
-            name = workload_name(dep_id)
-            workload = await self.kube.get("apps/v1", "deployments", namespace, name)
-            pods = await self.kube.list("v1", "pods", namespace, selector_string(dep_id))
+            workload = await self._child("deployments", namespace, workload_name(dep_id))
+            pods = await self._pods(namespace, dep_id)
         target = ((workload or {}).get("spec") or {}).get("replicas") or 0
         model_id = found.deployment.model_id if found.deployment else None
         if model_id is None and workload is not None:
             model_id = (workload["metadata"].get("annotations") or {}).get("infernetes.dev/model-id")
         if model_id is None and found.endpoint is not None:
             model_id = found.endpoint.body.get("service_settings", {}).get("model_id")
+        previous = body.get("status") or {}
+        generation = body["metadata"].get("generation") if applied else previous.get("observedGeneration")
         return compute_status(
             deployment_id=dep_id,
             model_id=model_id,
             target=target if workload else (1 if found.problem is None else 0),
             workload=workload,
             pods=pods or [],
-            generation=body["metadata"].get("generation"),
+            generation=generation,
             problem=found.problem,
-            previous=body.get("status"),
+            previous=previous,
             now=now_iso(),
             workload_name=workload_name(dep_id) if dep_id and found.problem is None else None,
             selector=selector_string(dep_id) if dep_id else None,
+            failure_after_s=self.settings.failure_after_s,
         )
 
     async def deletion_blocker(self, plural: str, body: dict[str, Any]) -> str | None:
@@ -231,70 +393,179 @@ class Reconciler:
                 f"[{', '.join(users)}] use; delete them first, or annotate {ANNOTATION_FORCE_DELETE}=true to force")
 
 
-class StatusRefresher:
-    """Keeps every resource's status current without a per-object timer (which would need a finalizer).
-
-    Workload and pod events mark the resources that depend on them; a loop refreshes marked resources
-    at once and all of them every ``status_interval_s`` (a resync, in case an event was missed)."""
+class Controller:
+    """The level-triggered loop: events mark deployments (namespace, selector label value) dirty; the loop
+    reconciles the resources that provide or use them, writes their status, keeps the finalizer where one is
+    needed, and deletes children nobody wants. Everything once per ``status_interval_s`` (the resync)."""
 
     def __init__(self, reconciler: Reconciler, namespaces: list[str] | None) -> None:
+        import asyncio
+
+        if reconciler.cache is None:
+            reconciler.cache = ClusterCache()
         self.reconciler = reconciler
+        self.cache: ClusterCache = reconciler.cache
         self.kube = reconciler.kube
         self.namespaces = namespaces
         self.dirty: set[tuple[str, str]] = set()  # (namespace, deployment label value or "*")
-        import asyncio
-
         self.wake = asyncio.Event()
+        self.reported: dict[str, tuple[str, str]] = {}  # uid -> the problem last posted as an event
 
     def mark(self, namespace: str, deployment_label: str | None) -> None:
         self.dirty.add((namespace, deployment_label or "*"))
         self.wake.set()
 
+    def mark_resource(self, cr: dict[str, Any]) -> None:
+        dep_id = deployment_id_of(cr)
+        self.mark(cr["metadata"]["namespace"], label_value(dep_id) if dep_id else None)
+
     async def run(self) -> None:
         import asyncio
 
         interval = self.reconciler.settings.status_interval_s
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time()
         while True:
+            timeout = max(0.0, next_resync - loop.time())
             try:
-                await asyncio.wait_for(self.wake.wait(), interval)
-                await asyncio.sleep(0.05)  # coalesce bursts of pod events
+                await asyncio.wait_for(self.wake.wait(), timeout)
+                await asyncio.sleep(0.05)  # coalesce bursts of events
             except asyncio.TimeoutError:
                 pass
             self.wake.clear()
             dirty, self.dirty = self.dirty, set()
+            full = loop.time() >= next_resync
+            if full:
+                next_resync = loop.time() + interval
             try:
-                await self.refresh(dirty or None)
+                await self.sync(None if full else dirty)
             except Exception:  # the next round retries; never let the loop die
-                log.exception("status refresh failed")
+                log.exception("reconcile round failed")
 
-    async def refresh(self, only: set[tuple[str, str]] | None = None) -> int:
-        """Refresh statuses (all, or those of the marked deployments); returns how many were written."""
-        from .names import label_value
-
-        namespaces = self.namespaces or sorted({ns for ns, _ in only} if only else [None])  # type: ignore[list-item]
+    async def sync(self, only: set[tuple[str, str]] | None = None) -> int:
+        """Reconcile all resources (or those of the marked deployments); returns how many statuses were written."""
+        crs = []
+        for plural in CR_PLURALS:
+            for cr in self.cache.list(plural, None):
+                ns = cr["metadata"]["namespace"]
+                dep_id = deployment_id_of(cr)
+                if only is None or (ns, "*") in only or (dep_id and (ns, label_value(dep_id)) in only):
+                    crs.append((plural, cr))
         written = 0
-        for namespace in namespaces:
-            for plural in (DEPLOYMENTS, ENDPOINTS):
-                for cr in await self.kube.list(API_VERSION, plural, namespace):
-                    if cr["metadata"].get("deletionTimestamp"):
-                        continue
-                    found = await self.reconciler.assess(plural, cr)
-                    ns = cr["metadata"]["namespace"]
-                    if only is not None and (ns, "*") not in only and (
-                            ns, label_value(found.deployment_id or "")) not in only:
-                        continue
-                    status = await self.reconciler.status(plural, cr, found)
-                    if not status_changed(cr.get("status"), status):
-                        continue
-                    old = (cr.get("status") or {}).get("state")
-                    await self.kube.patch(API_VERSION, plural, ns, cr["metadata"]["name"], {"status": status},
-                                          subresource="status")
-                    written += 1
-                    if old and old != status["state"]:
-                        detail = status.get("reason") or status["allocations"] + " allocations ready"
-                        await post_event(self.kube, cr, "Warning" if status["state"] == "failed" else "Normal",
-                                         "StateChanged", f"{old} -> {status['state']}: {detail}")
+        for plural, cr in sorted(crs, key=lambda item: creation_order(item[1])):
+            current = self.cache.get(plural, cr["metadata"]["namespace"], cr["metadata"]["name"])
+            if current is None or current["metadata"].get("uid") != cr["metadata"].get("uid"):
+                continue  # gone meanwhile
+            try:
+                written += await self.sync_one(plural, current)
+            except Exception:
+                log.exception("reconcile of %s %s/%s failed", plural, cr["metadata"]["namespace"],
+                              cr["metadata"]["name"])
+        if only is None:
+            await self.sweep()
         return written
+
+    async def sync_one(self, plural: str, cr: dict[str, Any]) -> int:
+        if cr["metadata"].get("deletionTimestamp"):
+            await self.release(plural, cr)
+            return 0
+        applied, error = True, None
+        try:
+            found, changes = await self.reconciler.reconcile(plural, cr)
+        except InfernetesError as exc:  # the API refused a write: retried next round, this generation unobserved
+            found, changes, applied, error = await self.reconciler.assess(plural, cr), [], False, str(exc)
+        for change in changes:
+            await post_event(self.kube, cr, "Normal", "Applied", change)
+        status = await self.reconciler.status(plural, cr, found, applied=applied)
+        if error is not None:
+            status["reason"] = f"applying the workload failed (retrying): {error}"
+        await self.report(cr, found.problem or (("ApplyFailed", error) if error else None))
+        await self.keep_finalizer(plural, cr, found)
+        if not status_changed(cr.get("status"), status):
+            return 0
+        old = (cr.get("status") or {}).get("state")
+        ns, name = cr["metadata"]["namespace"], cr["metadata"]["name"]
+        result = await self.kube.patch(API_VERSION, plural, ns, name, {"status": status}, subresource="status")
+        if isinstance(result, dict):
+            self.cache.put(plural, result)
+        if old and old != status["state"]:
+            detail = status.get("reason") or status["allocations"] + " allocations ready"
+            await post_event(self.kube, cr, "Warning" if status["state"] == "failed" else "Normal",
+                             "StateChanged", f"{old} -> {status['state']}: {detail}")
+        return 1
+
+    async def report(self, cr: dict[str, Any], problem: tuple[str, str] | None) -> None:
+        """One Warning event per distinct problem (not one per retry); none when the status already shows it."""
+        uid = str(cr["metadata"].get("uid"))
+        if problem is None:
+            self.reported.pop(uid, None)
+            return
+        if self.reported.get(uid) == problem:
+            return
+        self.reported[uid] = problem
+        shown = {c.get("type"): c for c in (cr.get("status") or {}).get("conditions") or []}.get("Ready") or {}
+        if shown.get("reason") == problem[0] and shown.get("message") == problem[1]:
+            return  # posted before a restart
+        await post_event(self.kube, cr, "Warning", problem[0], problem[1])
+
+    async def keep_finalizer(self, plural: str, cr: dict[str, Any], found: Assessment) -> None:
+        """The finalizer only where it protects something: on a resource whose deployment other endpoints use.
+        Anything else deletes at once, with or without a running operator."""
+        meta = cr["metadata"]
+        users = await self.reconciler.dependents(meta["namespace"], found.deployment.deployment_id, meta.get("uid")) \
+            if found.deployment is not None and found.problem is None else []
+        finalizers = list(meta.get("finalizers") or [])
+        has = FINALIZER in finalizers
+        if bool(users) == has and LEGACY_FINALIZER not in finalizers:
+            return
+        wanted = [f for f in finalizers if f not in (FINALIZER, LEGACY_FINALIZER)] + ([FINALIZER] if users else [])
+        await self._set_finalizers(plural, cr, wanted)
+
+    async def release(self, plural: str, cr: dict[str, Any]) -> None:
+        """A resource being deleted: drop the finalizer once no endpoint uses its deployment (or forced)."""
+        finalizers = list(cr["metadata"].get("finalizers") or [])
+        if FINALIZER not in finalizers and LEGACY_FINALIZER not in finalizers:
+            return
+        blocker = await self.reconciler.deletion_blocker(plural, cr)
+        if blocker:
+            await self.report(cr, ("DeletionBlocked", blocker))
+            return
+        await self._set_finalizers(plural, cr, [f for f in finalizers if f not in (FINALIZER, LEGACY_FINALIZER)])
+
+    async def _set_finalizers(self, plural: str, cr: dict[str, Any], finalizers: list[str]) -> None:
+        meta = cr["metadata"]
+        # resourceVersion makes it a compare-and-swap: finalizers others add meanwhile are never lost.
+        result = await self.kube.patch(API_VERSION, plural, meta["namespace"], meta["name"], {
+            "metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+        if isinstance(result, dict):
+            self.cache.put(plural, result)
+
+    async def sweep(self) -> int:
+        """Delete children whose owner lives but no longer asks for them (e.g. a changed deployment id)."""
+        live = {cr["metadata"].get("uid"): cr for plural in CR_PLURALS for cr in self.cache.list(plural, None)
+                if not cr["metadata"].get("deletionTimestamp")}
+        deleted = 0
+        for plural in ("deployments", "services", "poddisruptionbudgets"):
+            for child in self.cache.list(plural, None):
+                owner = live.get(controller_uid(child))
+                if owner is None:
+                    continue  # no owner (garbage collection's job) or not ours
+                wanted = own_deployment_id(owner)
+                found = await self.reconciler.assess(
+                    ENDPOINTS if owner.get("kind") == ENDPOINT_KIND else DEPLOYMENTS, owner)
+                if wanted is not None and found.problem is None and \
+                        workload_name(wanted) == child["metadata"]["name"]:
+                    continue
+                if wanted is not None and found.problem is not None and \
+                        workload_name(wanted) == child["metadata"]["name"]:
+                    continue  # the spec is refused for now: its running workload is not torn down for that
+                meta = child["metadata"]
+                log.info("deleting %s %s/%s: its owner no longer asks for it", plural, meta["namespace"], meta["name"])
+                if await self.kube.delete(CHILD_KINDS[plural], plural, meta["namespace"], meta["name"]):
+                    deleted += 1
+                    await post_event(self.kube, owner, "Normal", "Deleted",
+                                     f"{child.get('kind') or plural} {meta['name']} is no longer wanted")
+        return deleted
 
 
 async def post_event(kube: Kube, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -339,4 +610,4 @@ def _threads_of(workload: dict[str, Any] | None) -> int | None:
     return None
 
 
-__all__ = ["Reconciler", "ClusterCatalog", "Assessment", "status_changed", "k8s_name"]
+__all__ = ["Reconciler", "Controller", "ClusterCache", "ClusterCatalog", "Assessment", "status_changed", "k8s_name"]

@@ -78,6 +78,9 @@ class OperatorSettings(BaseModel):
     scale_down_window_s: float = 60.0
     scale_to_zero_after_s: float = 600.0
     status_interval_s: float = 5.0
+    # A pod or rollout failure (CrashLoopBackOff, OOMKilled, image pull, quota) shows as Ready=False at once,
+    # and as state `failed` (Argo CD: Degraded) once it has lasted this long; ProgressDeadlineExceeded at once.
+    failure_after_s: float = 300.0
     # Seconds before a blocked deletion or a missing dependency is looked at again.
     retry_delay_s: float = 15.0
 

@@ -118,14 +118,34 @@ class RunningOperator:
         self.settings = settings
         self.config = sa_config(box, service_account)
         self.thread: OperatorThread | None = None
+        self.reconciles: dict[str, int] = {}  # resource name -> reconciles finished (written on kopf's loop)
 
     def start(self) -> RunningOperator:
         self.thread = OperatorThread(self.config, self.settings, [NS])
+        build = self.thread.registry_factory
+
+        def counting(reconciler: Any, *args: Any) -> Any:
+            original = reconciler.reconcile
+
+            async def reconcile(plural: str, body: dict[str, Any]) -> Any:
+                try:
+                    return await original(plural, body)
+                finally:
+                    name = body["metadata"]["name"]
+                    self.reconciles[name] = self.reconciles.get(name, 0) + 1
+
+            reconciler.reconcile = reconcile
+            return build(reconciler, *args)
+
+        self.thread.registry_factory = counting
         self.thread.start()
         if not self.thread.ready.wait(30):
             self.stop()
             raise RuntimeError(f"the operator did not start: {self.thread.error!r}")
         return self
+
+    def reconciled(self, name: str, more_than: int = 0) -> bool:
+        return self.reconciles.get(name, 0) > more_than
 
     def stop(self) -> None:
         if self.thread is not None:

@@ -145,6 +145,61 @@ def scale_down_old(desired: int, max_unavailable: int, new: RSView, olds: list[R
     return out
 
 
+@dataclass(frozen=True)
+class RSSize:
+    """What scaling a Deployment proportionally needs of one ReplicaSet."""
+    name: str
+    replicas: int
+    available: int
+    created: str
+    desired_annotation: int | None  # deployment.kubernetes.io/desired-replicas
+    max_annotation: int | None  # deployment.kubernetes.io/max-replicas
+
+
+def _round_half_away(x: float) -> int:
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def scale_sizes(desired: int, surge: int, rolling: bool, new: RSSize | None, olds: list[RSSize],
+                status_replicas: int) -> dict[str, int]:
+    """The Deployment controller's scale(): a Deployment resized (or paused) outside a rollout.
+    One active ReplicaSet (or none: the newest) takes the new size; a saturated new one retires the
+    old ones; otherwise, during a rolling update, the change is spread over the active ReplicaSets
+    in proportion to their sizes (the largest takes the rounding leftover). {name: replicas}."""
+    everything = ([new] if new is not None else []) + olds
+    active = [r for r in everything if r.replicas > 0]
+    if len(active) <= 1:
+        target = active[0] if active else (new if new is not None else max(olds, key=lambda r: r.created, default=None))
+        return {target.name: desired} if target is not None and target.replicas != desired else {}
+    if new is not None and new.replicas == desired and new.desired_annotation == desired and new.available == desired:
+        return {o.name: 0 for o in olds if o.replicas > 0}
+    if not rolling:
+        return {}
+    allowed = desired + surge if desired > 0 else 0
+    to_add = allowed - sum(r.replicas for r in active)
+    if to_add > 0:  # ReplicaSetsBySizeNewer
+        active.sort(key=lambda r: r.created, reverse=True)
+        active.sort(key=lambda r: r.replicas, reverse=True)
+    elif to_add < 0:  # ReplicaSetsBySizeOlder
+        active.sort(key=lambda r: r.created)
+        active.sort(key=lambda r: r.replicas, reverse=True)
+    sizes, added = {}, 0
+    for r in active:
+        part = 0
+        if to_add != 0 and to_add != added:
+            if desired == 0:
+                fraction = -r.replicas
+            else:
+                annotated = r.max_annotation if r.max_annotation is not None else status_replicas
+                fraction = _round_half_away(r.replicas * (desired + surge) / annotated) - r.replicas if annotated else 0
+            part = min(fraction, to_add - added) if to_add > 0 else max(fraction, to_add - added)
+        sizes[r.name] = r.replicas + part
+        added += part
+    if to_add != 0:
+        sizes[active[0].name] = max(0, sizes[active[0].name] + to_add - added)
+    return {name: size for name, size in sizes.items() if size != next(r.replicas for r in active if r.name == name)}
+
+
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == type_), None)
 
@@ -479,15 +534,50 @@ class Controllers:
         olds = sorted((rs for rs in rss if rs is not new_rs), key=lambda rs: (rs["metadata"]["creationTimestamp"], _revision(rs)))
         status = copy.deepcopy(d.get("status") or {})
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
-        if not spec.get("paused"):
+        if spec.get("paused") or self._scaling_event(d, new_rs, olds):
+            # sync(): resize what exists, create nothing, estimate no progress.
+            if new_rs is not None:
+                new_rs = self._adopt_revision(new_rs, olds, d, status)
+            new_rs, olds = self._scale(d, new_rs, olds, not recreate)
+            if spec.get("paused"):
+                self._cleanup(d, [rs for rs in olds if self._fresh(rs)])
+            rollout = False
+        else:
             if recreate:
                 new_rs, olds, status = self._recreate(d, new_rs, olds, status)
             else:
                 new_rs, olds, status = self._rolling(d, new_rs, olds, status)
             self._cleanup(d, [rs for rs in olds if self._fresh(rs)])
+            rollout = True
         if new_rs is not None:
             d = self._sync_revision(d, self._fresh(new_rs))
-        self._deployment_status(d, new_rs, olds, status)
+        self._deployment_status(d, new_rs, olds, status, rollout)
+
+    @staticmethod
+    def _size(rs: dict[str, Any]) -> RSSize:
+        annotations = rs["metadata"].get("annotations") or {}
+
+        def number(key: str) -> int | None:
+            value = annotations.get(key)
+            return int(value) if value is not None and str(value).isdigit() else None
+        return RSSize(rs["metadata"]["name"], int(rs["spec"].get("replicas", 1)), int((rs.get("status") or {}).get("availableReplicas", 0)),
+                      rs["metadata"]["creationTimestamp"], number("deployment.kubernetes.io/desired-replicas"),
+                      number("deployment.kubernetes.io/max-replicas"))
+
+    def _scaling_event(self, d: dict[str, Any], new_rs: dict[str, Any] | None, olds: list[dict[str, Any]]) -> bool:
+        """isScalingEvent: an active ReplicaSet was sized for another replica count than the Deployment's."""
+        desired = int(d["spec"].get("replicas", 1))
+        return any(r.replicas > 0 and r.desired_annotation is not None and r.desired_annotation != desired
+                   for r in map(self._size, ([new_rs] if new_rs is not None else []) + olds))
+
+    def _scale(self, d: dict[str, Any], new_rs: dict[str, Any] | None, olds: list[dict[str, Any]],
+               rolling: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        desired = int(d["spec"].get("replicas", 1))
+        surge, _ = surge_and_unavailable(d["spec"], desired)
+        sizes = scale_sizes(desired, surge, rolling, self._size(new_rs) if new_rs is not None else None,
+                            [self._size(rs) for rs in olds], int((d.get("status") or {}).get("replicas", 0)))
+        resize = lambda rs: self._scale_rs(rs, sizes[rs["metadata"]["name"]], d) if rs["metadata"]["name"] in sizes else rs  # noqa: E731
+        return (resize(new_rs) if new_rs is not None else None), [resize(rs) for rs in olds]
 
     def _sync_revision(self, d: dict[str, Any], new_rs: dict[str, Any]) -> dict[str, Any]:
         """The Deployment carries its newest ReplicaSet's revision annotation (`kubectl rollout
@@ -627,7 +717,7 @@ class Controllers:
         return int(d["spec"].get("progressDeadlineSeconds", 600)) < 2**31 - 1
 
     def _deployment_status(self, d: dict[str, Any], new_rs: dict[str, Any] | None, olds: list[dict[str, Any]],
-                           status: dict[str, Any]) -> None:
+                           status: dict[str, Any], rollout: bool) -> None:
         d = self.s.get(self._res("apps", "deployments"), d["metadata"]["namespace"], d["metadata"]["name"]) or d
         new_rs = self._fresh(new_rs) if new_rs is not None else None
         everything = [self._fresh(rs) for rs in olds] + ([new_rs] if new_rs is not None else [])
@@ -654,7 +744,8 @@ class Controllers:
             _set_condition(new_status, {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
                                         "message": "Deployment does not have minimum availability.", "lastUpdateTime": now,
                                         "lastTransitionTime": now})
-        self._progress(d, new_rs, old_status, new_status, counts, desired, now_ts)
+        if rollout:
+            self._progress(d, new_rs, old_status, new_status, counts, desired, now_ts)
         self._write_status("apps", "deployments", d, new_status)
 
     def _progress(self, d: dict[str, Any], new_rs: dict[str, Any] | None, old: dict[str, Any], new: dict[str, Any],

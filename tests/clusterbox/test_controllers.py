@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from clusterbox import ClusterBox
-from clusterbox.controllers import (HASH_LABEL, RSView, rollout_replicas, scale_down_old, surge_and_unavailable,
-                                    unschedulable_message)
+from clusterbox.controllers import (HASH_LABEL, RSSize, RSView, rollout_replicas, scale_down_old, scale_sizes,
+                                    surge_and_unavailable, unschedulable_message)
 
 from .conftest import wait_for
 from .test_api import deployment
@@ -133,6 +133,13 @@ def test_rollout_steps_keep_within_surge_and_availability() -> None:
     # Unhealthy old replicas are cleaned up first, even while availability is below the minimum.
     assert scale_down_old(3, 1, RSView("new", 1, 1), [RSView("old", 3, 0)]) == {"old": 1}
     assert scale_down_old(3, 1, RSView("new", 1, 0), [RSView("old", 3, 1)]) == {"old": 2}
+    # Resized mid-rollout: in proportion (Kubernetes' documented 10 -> 15 example), the rounding leftover to the largest.
+    old, new = RSSize("old", 8, 8, "2026-01-01T00:00:00Z", 10, 13), RSSize("new", 5, 0, "2026-01-01T00:00:01Z", 10, 13)
+    assert scale_sizes(15, 3, True, new, [old], 13) == {"old": 11, "new": 7}
+    halves = RSSize("old", 1, 1, "2026-01-01T00:00:00Z", 2, 2), RSSize("new", 1, 0, "2026-01-01T00:00:01Z", 2, 2)
+    assert scale_sizes(1, 0, True, halves[1], [halves[0]], 2) == {"old": 0}, "1/2 rounds up for both: the older takes the cut"
+    assert scale_sizes(4, 1, True, RSSize("new", 0, 0, "t", 2, 3), [RSSize("old", 2, 2, "s", 2, 3)], 2) == {"old": 4}, \
+        "one active ReplicaSet takes the whole new size"
     assert unschedulable_message(["Insufficient memory", "Insufficient cpu"]).startswith(
         "0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. preemption:")
 
@@ -202,6 +209,7 @@ def test_scale_through_the_subresource_and_kubectl_scale(api: httpx.Client, kube
     wait_for(lambda: len(_pods(api)) == 1, what="one pod")
     scale = api.get(f"{DEPLOY}/web/scale").json()
     scale["spec"]["replicas"] = 3
+    del scale["metadata"]["resourceVersion"]  # unconditional: the controller writes the Deployment's status meanwhile
     r = api.put(f"{DEPLOY}/web/scale", json=scale)
     assert r.status_code == 200, r.text
     wait_for(lambda: len(_pods(api)) == 3, what="three pods after PUT /scale")
@@ -223,14 +231,17 @@ def test_a_paused_deployment_rolls_out_nothing_until_resumed(api: httpx.Client) 
     _env(api, "2")
     wait_for(lambda: _status(api).get("observedGeneration") == 3, what="the paused Deployment to be observed")
     assert len(_items(api, RS)) == 1, "paused: no new ReplicaSet"
+    api.patch(f"{DEPLOY}/web/scale", json={"spec": {"replicas": 2}}, headers=MERGE)
+    wait_for(lambda: len(_pods(api)) == 2, what="a paused Deployment to scale all the same")
+    assert len(_items(api, RS)) == 1
     api.patch(f"{DEPLOY}/web", json={"spec": {"paused": False}}, headers=MERGE)
     wait_for(lambda: len(_items(api, RS)) == 2, what="the rollout to start once resumed")
-    _settle(api, 1)
+    _settle(api, 2)
 
 
 def test_min_ready_seconds_delays_availability(api: httpx.Client) -> None:
     body = deployment("web", replicas=1)
-    body["spec"]["minReadySeconds"] = 1
+    body["spec"]["minReadySeconds"] = 2
     api.post(DEPLOY, json=body)
     pod = wait_for(lambda: (p := _pods(api)) and p[0]["spec"].get("nodeName") and p[0], what="a scheduled pod")
     now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -239,10 +250,10 @@ def test_min_ready_seconds_delays_availability(api: httpx.Client) -> None:
     wait_for(lambda: _status(api).get("readyReplicas") == 1, what="the ready replica")
     status = _status(api)
     ready_at = datetime.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
-    if time.time() < ready_at + 1:  # the second may have passed already on a busy machine
+    if time.time() < ready_at + 2:  # the seconds may have passed already on a busy machine
         assert "availableReplicas" not in status and _condition(status, "Available")["status"] == "False"
     wait_for(lambda: _status(api).get("availableReplicas") == 1, 10, "availability after minReadySeconds")
-    assert time.time() >= ready_at + 1
+    assert time.time() >= ready_at + 2
 
 
 def test_kubectl_rollout_restart_and_undo(api: httpx.Client, kubectl: Kubectl) -> None:
@@ -269,10 +280,31 @@ def test_a_replicaset_name_taken_by_another_template_moves_the_hash_with_collisi
     rs = _items(api, RS)[0]
     rs["spec"]["template"]["spec"]["containers"][0]["image"] = "edited:by-hand"  # its name no longer matches its template
     rs["spec"]["replicas"] = 0
+    del rs["metadata"]["resourceVersion"]
     assert api.put(f"{RS}/{rs['metadata']['name']}", json=rs).status_code == 200
     wait_for(lambda: _status(api).get("collisionCount") == 1, what="the collision to be counted")
     _settle(api, 1)
     assert len(_items(api, RS)) == 2
+
+
+def test_resizing_in_the_middle_of_a_rollout_scales_old_and_new_replicasets_proportionally(api: httpx.Client) -> None:
+    """Kubernetes' documented example: 10 replicas, maxSurge 3, maxUnavailable 2, a rollout stuck on
+    pods that never become ready, then scaled to 15: 3 more to the old ReplicaSet, 2 to the new."""
+    body = deployment("web", replicas=10)
+    body["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}
+    api.post(DEPLOY, json=body)
+    _settle(api, 10)
+    old = _items(api, RS)[0]["metadata"]["name"]
+    _env(api, "stuck")  # its pods are never reported ready
+
+    def sizes() -> dict[str, int]:
+        return {rs["metadata"]["name"]: rs["spec"]["replicas"] for rs in _items(api, RS)}
+    wait_for(lambda: len(sizes()) == 2 and sizes()[old] == 8 and sum(sizes().values()) == 13, what="the rollout to stall at 8 + 5")
+    new = next(n for n in sizes() if n != old)
+    api.patch(f"{DEPLOY}/web/scale", json={"spec": {"replicas": 15}}, headers=MERGE)
+    wait_for(lambda: sizes() == {old: 11, new: 7}, what="15 + maxSurge spread over both ReplicaSets")
+    api.patch(f"{DEPLOY}/web/scale", json={"spec": {"replicas": 5}}, headers=MERGE)
+    wait_for(lambda: sizes() == {old: 5, new: 3}, what="5 + maxSurge, taken from both in proportion")
 
 
 def _replay_pods(box: ClusterBox, since: int) -> Iterator[dict[str, dict[str, Any]]]:

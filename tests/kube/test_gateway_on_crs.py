@@ -1,4 +1,6 @@
-"""The REST gateway in cluster mode: custom resources are the store, worker pods serve inference."""
+"""The REST gateway in cluster mode: custom resources are the store, worker pods serve inference.
+On the cluster box, with the product's operator as the chart's ServiceAccount (the operator's
+server-side apply needs a real-ish API server, which kmock is not)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,37 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from clusterbox import ClusterBox
 from helpers import free_port
-from kubeharness import NS, Emulator, eventually
+from kubeharness import eventually
+
+from cluster.conftest import NS, chart_rbac, cluster_box, start_operator  # noqa: F401 - fixtures
 
 from infernetes.operator.kube import API_VERSION, DEPLOYMENTS, ENDPOINTS
+from infernetes.operator.kube.client import Kube, KubeConfig
 from infernetes.operator.kube.main import build_cluster_app
 from infernetes.operator.kube.planner import workload_name
 from infernetes.worker.modelstore import ModelStore
 
-pytestmark = [pytest.mark.kmock(cls=Emulator), pytest.mark.slow]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def kube_config(cluster_box: ClusterBox) -> KubeConfig:
+    return KubeConfig(host=cluster_box.url, token=lambda: cluster_box.admin_token, ca_file=str(cluster_box.ca_path),
+                      namespace=NS)
+
+
+@pytest.fixture
+async def kube(kube_config: KubeConfig):  # type: ignore[no-untyped-def]
+    client = Kube(kube_config)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def operator(start_operator):  # type: ignore[no-untyped-def]
+    return start_operator(status_interval_s=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +95,10 @@ async def start_pod(kube, deployment_id, port, index=0):
         "metadata": {"name": f"{dep['metadata']['name']}-{index}", "namespace": NS, "labels": labels},
         "spec": {"containers": [{"name": "worker", "image": "x",
                                  "ports": [{"name": "http", "containerPort": port}]}]},
-        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
     })
+    await kube.patch("v1", "pods", NS, f"{dep['metadata']['name']}-{index}", {"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+        subresource="status")
     await kube.patch("apps/v1", "deployments", NS, dep["metadata"]["name"], {"status": {
         "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}}, subresource="status")
 
