@@ -32,7 +32,8 @@ resources, so `kubectl get` and `get -w` show the CRDs' printer columns.
 
 The controllers (controllers.py, on unless `ClusterBox(controllers=False)`): Deployment ->
 ReplicaSet -> Pods with RollingUpdate (maxSurge/maxUnavailable) and Recreate rollouts,
-revisionHistoryLimit, Deployment and ReplicaSet status with the Available and Progressing
+revisionHistoryLimit, proportional scaling of a Deployment resized mid-rollout, paused
+Deployments, Deployment and ReplicaSet status with the Available and Progressing
 conditions (ProgressDeadlineExceeded included); one Node (`box-node`, its CPU and memory set by
 `ClusterBox(node_cpu=, node_memory=)`) and a scheduler that binds pods whose requests fit and marks
 the others Unschedulable; EndpointSlices for Services with a selector, from pod IPs and readiness.
@@ -44,8 +45,7 @@ sitecustomize.py stands in for network and mount namespaces in the pods' Python 
 own docstring says what it does not model.
 
 What it does not model: real scheduling (one node; nodeSelector only: no affinity, taints,
-preemption or topology spread); proportional scaling of a Deployment resized mid-rollout; adoption
-of orphaned ReplicaSets and pods; the HPA controller; networking beyond loopback; cgroups and
+preemption or topology spread); adoption of orphaned ReplicaSets and pods; the HPA controller; networking beyond loopback; cgroups and
 resource limits; admission webhooks, quotas and
 LimitRanges; aggregated discovery (kubectl falls back to the plain documents); server-side printing
 of built-in kinds (kubectl prints NAME and AGE only); built-in defaulting (e.g. a Service port's
