@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..worker.download import Progress, builtin, canonical_id, offline_hint, pull
+from ..worker.download import PLATFORM_SUFFIX, Progress, builtin, canonical_id, offline_hint, pull
 from ..worker.elastic_format import Uploads, eland_names_for
 from ..worker.elastic_repository import pull_elastic, repository_url
 from ..worker.modelstore import ModelInfo, ModelStore
@@ -16,8 +16,12 @@ class ModelCatalog:
         self.allow_download = allow_download
 
     def get(self, model_id: str) -> ModelInfo | None:
-        """The model in the store (built-in aliases resolve to their canonical id)."""
-        return self.store.get(canonical_id(model_id))
+        """The model in the store (built-in aliases resolve to their canonical id; any ``<id>_linux-x86_64`` to
+        ``<id>``, whose optimized variant the runtime serves)."""
+        info = self.store.get(canonical_id(model_id))
+        if info is None and model_id.endswith(PLATFORM_SUFFIX) and len(model_id) > len(PLATFORM_SUFFIX):
+            info = self.store.get(model_id[: -len(PLATFORM_SUFFIX)])
+        return info
 
     def list(self) -> list[ModelInfo]:
         return self.store.list()

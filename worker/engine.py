@@ -606,8 +606,8 @@ class RerankEngine(Engine):
         return orjson.dumps({"rerank": results}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-class OnnxTextEmbeddingEngine(TextEmbeddingEngine):
-    """Text embeddings with ONNX Runtime (a model made by ``infernetes models optimize``)."""
+class OnnxEngine(Engine):
+    """Loading, tokenising and the session of a model made by ``infernetes models optimize`` (ONNX Runtime)."""
 
     def load(self) -> None:
         from transformers import AutoTokenizer
@@ -623,8 +623,12 @@ class OnnxTextEmbeddingEngine(TextEmbeddingEngine):
         # one thread: 210-token passages 47/s one or two at a time, 39/s sixteen at a time, while
         # 32 short queries of ~14 tokens run as fast as 64).
         self.max_batch_tokens = self.ONNX_MAX_BATCH_TOKENS
+        self._loaded()
 
     ONNX_MAX_BATCH_TOKENS = 512
+
+    def _loaded(self) -> None:
+        """Task-specific set-up once the tokenizer is there."""
 
     @property
     def tokenizer(self) -> Any:
@@ -634,23 +638,73 @@ class OnnxTextEmbeddingEngine(TextEmbeddingEngine):
         return None
 
     def tokenize(self, rows: list[Any], prompt: str | None, task: str | None) -> dict[str, Any]:
-        texts = [(prompt or "") + r for r in rows]
-        enc = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
-                              return_tensors="pt")
+        if rows and not isinstance(rows[0], str):  # (query, document) pairs
+            enc = self._tokenizer([q for q, _ in rows], [d for _, d in rows], padding=True, truncation=True,
+                                  max_length=self.max_seq_length, return_tensors="pt")
+        else:
+            enc = self._tokenizer([(prompt or "") + r for r in rows], padding=True, truncation=True,
+                                  max_length=self.max_seq_length, return_tensors="pt")
         return dict(enc)
 
-    def forward(self, features: dict[str, Any]) -> Any:
-        from .optimize import onnx_session, pool
+    def run(self, features: dict[str, Any]) -> Any:
+        from .optimize import onnx_session
 
         if self.session is None:
             self.session = onnx_session(self.info.path, self.num_threads)
             self._inputs = [i.name for i in self.session.get_inputs()]
+        return self.session.run(None, {k: features[k].numpy() for k in self._inputs})[0]
+
+
+class OnnxTextEmbeddingEngine(OnnxEngine, TextEmbeddingEngine):
+    """Text embeddings with ONNX Runtime."""
+
+    def forward(self, features: dict[str, Any]) -> Any:
+        from .optimize import pool
+
+        hidden = self.run(features)
         mask = features["attention_mask"].numpy()
-        hidden = self.session.run(None, {k: features[k].numpy() for k in self._inputs})[0]
         return pool(hidden, mask, self.options.get("pooling", "mean"), bool(self.options.get("normalize")))
 
     def post(self, output: Any) -> Any:
         return output
+
+
+class OnnxSparseEmbeddingEngine(OnnxEngine, SparseEmbeddingEngine):
+    """SPLADE sparse embeddings with ONNX Runtime: the masked-LM logits pooled as the SparseEncoder does."""
+
+    def _loaded(self) -> None:
+        vocab = self._tokenizer.get_vocab()
+        self.id_to_token = [""] * (max(vocab.values()) + 1)
+        for token, idx in vocab.items():
+            self.id_to_token[idx] = token
+        self.max_batch_tokens = max(1, min(self.ONNX_MAX_BATCH_TOKENS,
+                                           self.LOGITS_BYTES_PER_BATCH // (4 * len(self.id_to_token))))
+
+    def forward(self, features: dict[str, Any]) -> Any:
+        import torch
+
+        from .optimize import splade_pool
+
+        return torch.from_numpy(splade_pool(self.run(features), features["attention_mask"].numpy()))
+
+
+class OnnxRerankEngine(OnnxEngine, RerankEngine):
+    """Cross-encoder scores with ONNX Runtime; the model's activation is applied as the CrossEncoder does."""
+
+    def _loaded(self) -> None:
+        import torch
+
+        self.activation = torch.nn.Sigmoid() if self.options.get("activation") == "sigmoid" else None
+
+    def forward(self, features: dict[str, Any]) -> Any:
+        import torch
+
+        return torch.from_numpy(self.run(features))
+
+
+ONNX_ENGINES: dict[str, type[Engine]] = {
+    e.task_type: e for e in (OnnxTextEmbeddingEngine, OnnxSparseEmbeddingEngine, OnnxRerankEngine)
+}
 
 
 ENGINES: dict[str, type[Engine]] = {
@@ -664,7 +718,7 @@ def engine_for(info: ModelInfo, num_threads: int) -> Engine:
 
         return ELASTIC_ENGINES[info.task_type](info, num_threads)
     if info.backend == "onnx":
-        return OnnxTextEmbeddingEngine(info, num_threads)
+        return ONNX_ENGINES[info.task_type](info, num_threads)
     try:
         return ENGINES[info.task_type](info, num_threads)
     except KeyError:

@@ -1,14 +1,23 @@
-"""Faster CPU variants of text-embedding models: ONNX Runtime, optionally with int8 weights.
+"""Faster CPU variants of models: ONNX Runtime, optionally with int8 weights.
 
 ``infernetes models optimize minilm --model-id minilm-int8 --quantize int8`` exports the model's
 transformer to ONNX (torch.onnx), quantizes its weights to int8 per channel (ONNX Runtime's dynamic
 quantization; the feed-forward output projections stay fp32) when asked, and checks the result
-against the original on a calibration set of real sentences: the variant enters the store only if
-every embedding keeps a cosine similarity of at least 0.99 with the original's. An endpoint
-chooses the variant by its model id.
+against the original on a calibration set of real sentences; the variant enters the store only if
+it passes. An endpoint chooses the variant by its model id; ``<id>_linux-x86_64`` (Elastic's name
+for its x86-optimized builds) makes and serves this variant of ``<id>`` on first use.
 
-Sentence-transformers models made of a transformer, mean or CLS pooling and optional normalisation
-are supported (most embedding models, E5 and MiniLM included).
+The checks, per task:
+- text_embedding: every embedding keeps a cosine similarity of at least 0.99 with the original's;
+- sparse_embedding: of each text's top tokens by weight, at least 90% are the original's top tokens,
+  and every weight of the original's top tokens is within 5% of the text's largest weight;
+- rerank: every score is within 0.02 of the original's (after the model's activation), and each
+  query's best document is the same.
+
+Supported: sentence-transformers models made of a transformer, mean or CLS pooling and optional
+normalisation (most embedding models, E5 and MiniLM included); SPLADE sparse encoders (a masked-LM
+transformer and max pooling of log(1 + relu)); cross-encoders with one output and a sigmoid or no
+activation.
 """
 
 from __future__ import annotations
@@ -37,8 +46,49 @@ CALIBRATION = [
 ]
 
 
+SPARSE_TOP_K = 20
+MIN_TOP_K_OVERLAP = 0.9
+SPARSE_WEIGHT_TOLERANCE = 0.05  # of the row's largest weight
+RERANK_TOLERANCE = 0.02
+# The models each task exports, and the output of the transformer the ONNX graph returns.
+LOADERS = {"text_embedding": "SentenceTransformer", "sparse_embedding": "SparseEncoder", "rerank": "CrossEncoder"}
+OUTPUTS = {"text_embedding": "last_hidden_state", "sparse_embedding": "logits", "rerank": "logits"}
+
+
 class OptimizeError(ModelStoreError):
     pass
+
+
+def load_reference(path: Path, task: str) -> Any:
+    import sentence_transformers
+
+    return getattr(sentence_transformers, LOADERS[task])(str(path), device="cpu", local_files_only=True,
+                                                         model_kwargs={"use_safetensors": True})
+
+
+def options_of(model: Any, path: Path, task: str) -> dict[str, Any]:
+    """What the ONNX engine does around the graph: pooling (embeddings), SPLADE pooling, the score's activation."""
+    if task == "text_embedding":
+        return pooling_of(path)
+    names = [type(m).__name__ for m in model]
+    if task == "sparse_embedding":
+        pooling = model[1] if len(names) == 2 and names == ["Transformer", "SpladePooling"] else None
+        if pooling is None or getattr(pooling, "pooling_strategy", "max") != "max" or \
+                getattr(pooling, "activation_function", "relu") != "relu":
+            raise OptimizeError(f"sparse modules {names} are not supported by the ONNX backend (SPLADE: a "
+                                "masked-LM transformer and max pooling of log(1 + relu))")
+        return {"pooling": "splade"}
+    import torch
+
+    activation = getattr(model, "activation_fn", None)
+    if names != ["Transformer"] or model.config.num_labels != 1:
+        raise OptimizeError(f"cross-encoder modules {names} with {model.config.num_labels} labels are not "
+                            "supported by the ONNX backend (one output)")
+    if isinstance(activation, torch.nn.Sigmoid):
+        return {"activation": "sigmoid"}
+    if activation is None or isinstance(activation, torch.nn.Identity):
+        return {"activation": "identity"}
+    raise OptimizeError(f"activation [{type(activation).__name__}] is not supported by the ONNX backend")
 
 
 def pooling_of(path: Path) -> dict[str, Any]:
@@ -62,15 +112,19 @@ def pooling_of(path: Path) -> dict[str, Any]:
     return {"pooling": pooling, "normalize": normalize}
 
 
-def export_onnx(model_dir: Path, target: Path, quantize: str | None) -> None:
+def export_onnx(model_dir: Path, target: Path, quantize: str | None, task: str = "text_embedding",
+                model: Any = None) -> None:
     import torch
-    from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True,
-                                model_kwargs={"use_safetensors": True})
+    model = model or load_reference(model_dir, task)
     transformer = model[0].auto_model.eval()
+    output = OUTPUTS[task]
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if transformer.config.type_vocab_size > 1 else [])
-    sample = model.tokenizer(["export", "a second, longer sample"], padding=True, return_tensors="pt")
+    if task == "rerank":
+        sample = model.tokenizer(["export", "a query"], ["a document", "a second, longer document"], padding=True,
+                                 return_tensors="pt")
+    else:
+        sample = model.tokenizer(["export", "a second, longer sample"], padding=True, return_tensors="pt")
 
     class Wrapped(torch.nn.Module):
         def __init__(self) -> None:
@@ -78,13 +132,14 @@ def export_onnx(model_dir: Path, target: Path, quantize: str | None) -> None:
             self.inner = transformer
 
         def forward(self, *args: Any) -> Any:
-            return self.inner(**dict(zip(names, args))).last_hidden_state
+            return getattr(self.inner(**dict(zip(names, args))), output)
 
-    axes = {n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]}
+    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[output] = {0: "batch"} if task == "rerank" else {0: "batch", 1: "sequence"}
     fp32 = target / ("model.fp32.onnx" if quantize else ONNX_FILE)
     with torch.inference_mode():
         torch.onnx.export(Wrapped().eval(), tuple(sample[n] for n in names), str(fp32), input_names=names,
-                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+                          output_names=[output], dynamic_axes=axes, opset_version=17, dynamo=False)
     if quantize == "int8":
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -102,16 +157,21 @@ def export_onnx(model_dir: Path, target: Path, quantize: str | None) -> None:
 
 def optimize(store: ModelStore, source_id: str, model_id: str, *, quantize: str | None = None,
              replace: bool = False) -> tuple[ModelInfo, float]:
-    """Create an ONNX variant of a text-embedding model; returns it and the lowest cosine measured."""
+    """Create an ONNX variant of a model; returns it and the check's figure (text_embedding: the lowest cosine;
+    sparse_embedding: the lowest top-k overlap; rerank: 1 - the largest score difference)."""
     source = store.get(source_id)
     if source is None:
         raise OptimizeError(f"model [{source_id}] is not in the store")
-    if source.task_type != "text_embedding" or source.kind != "sentence-transformers":
-        raise OptimizeError(f"model [{source_id}] is a [{source.task_type}] model: the ONNX backend serves "
-                            "text_embedding sentence-transformers models")
+    task = source.task_type
+    if source.kind not in ("sentence-transformers", "sparse-encoder", "cross-encoder") or source.backend != "torch":
+        raise OptimizeError(f"model [{source_id}] is a [{source.kind}] model on [{source.backend}]: the ONNX backend "
+                            "optimizes sentence-transformers, sparse-encoder and cross-encoder models")
     if store.get(model_id) is not None and not replace:
         raise OptimizeError(f"model [{model_id}] already exists in the store (use --replace)")
-    pooling = pooling_of(source.path)
+    # Embedding modules are read from the folder, before loading: a model with unsupported ones is refused at once.
+    early = pooling_of(source.path) if task == "text_embedding" else None
+    reference = load_reference(source.path, task)
+    options = early or options_of(reference, source.path, task)
     staged = store.staging_dir()
     try:
         for item in source.path.iterdir():  # tokenizer and configs; the weights are replaced by the ONNX graph
@@ -121,32 +181,85 @@ def optimize(store: ModelStore, source_id: str, model_id: str, *, quantize: str 
                 shutil.copytree(item, staged / item.name)
             else:
                 shutil.copy2(item, staged / item.name)
-        export_onnx(source.path, staged, quantize)
+        export_onnx(source.path, staged, quantize, task, reference)
+        figure, checks = verify(source, staged, options, reference)
+        if not checks["passed"]:
+            raise OptimizeError(f"the optimized model drifts from [{source_id}]: {checks['why']}; it was not stored")
         overrides = {"backend": "onnx", "prompts": source.prompts or None, "max_seq_length": source.max_seq_length,
-                     "options": {**pooling, "quantize": quantize, "source": source_id}}
-        cosine = verify(source, staged, pooling)
-        if cosine < MIN_COSINE:
-            raise OptimizeError(f"the optimized model drifts from [{source_id}]: lowest cosine similarity "
-                                f"{cosine:.4f} < {MIN_COSINE}; it was not stored")
-        overrides["options"]["min_cosine"] = round(cosine, 5)
+                     "options": {**options, "quantize": quantize, "source": source_id, "check": checks}}
+        if task == "text_embedding":
+            overrides["options"]["min_cosine"] = round(figure, 5)
         info = store.install(staged, model_id, source=f"{source_id} optimized (onnx"
-                             f"{', ' + quantize if quantize else ''})", task_type="text_embedding",
+                             f"{', ' + quantize if quantize else ''})", task_type=task,
                              overrides=overrides, replace=replace, require_safetensors=False)
-        return info, cosine
+        return info, figure
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def verify(source: ModelInfo, staged: Path, pooling: dict[str, Any]) -> float:
-    """Lowest cosine similarity between the original's embeddings and the ONNX variant's."""
+def verify(source: ModelInfo, staged: Path, options: dict[str, Any], reference: Any = None
+           ) -> tuple[float, dict[str, Any]]:
+    """Compare the ONNX variant with the original on the calibration set: (figure, {passed, why, figures})."""
     import numpy as np
-    from sentence_transformers import SentenceTransformer
 
-    reference = SentenceTransformer(str(source.path), device="cpu", local_files_only=True).encode(
-        CALIBRATION, normalize_embeddings=True)
+    task = source.task_type
+    reference = reference or load_reference(source.path, task)
     session, tokenizer = open_onnx(staged, 1)
-    ours = run_onnx(session, tokenizer, CALIBRATION, source.max_seq_length or 512, pooling["pooling"], True)
-    return float(np.min(np.sum(reference * ours, axis=1)))
+    length = source.max_seq_length or 512
+    if task == "text_embedding":
+        expected = reference.encode(CALIBRATION, normalize_embeddings=True)
+        ours = run_onnx(session, tokenizer, CALIBRATION, length, options["pooling"], True)
+        cosine = float(np.min(np.sum(expected * ours, axis=1)))
+        return cosine, {"passed": cosine >= MIN_COSINE, "min_cosine": round(cosine, 5),
+                        "why": f"lowest cosine similarity {cosine:.4f} < {MIN_COSINE}"}
+    if task == "sparse_embedding":
+        expected = reference.encode(CALIBRATION, convert_to_tensor=True, batch_size=1).to_dense().float().numpy()
+        ours = run_onnx_sparse(session, tokenizer, CALIBRATION, length)
+        return sparse_agreement(expected, ours)
+    pairs = [(q, d) for q in CALIBRATION[:4] for d in CALIBRATION]
+    expected = np.asarray(reference.predict(pairs, batch_size=8), dtype=np.float32)
+    ours = activate(run_onnx_scores(session, tokenizer, pairs, length), options["activation"])
+    return rerank_agreement(expected, ours, group=len(CALIBRATION))
+
+
+def sparse_agreement(expected: Any, ours: Any, k: int = SPARSE_TOP_K) -> tuple[float, dict[str, Any]]:
+    """Top-k token overlap and weight differences of two [texts, vocabulary] weight matrices."""
+    import numpy as np
+
+    overlaps, worst = [], 0.0
+    for want, got in zip(expected, ours):
+        top = [t for t in np.argsort(-want, kind="stable")[:k] if want[t] > 0]
+        mine = set(t for t in np.argsort(-got, kind="stable")[:k] if got[t] > 0)
+        overlaps.append(len(set(top) & mine) / max(1, len(top)) if top else float(not mine))
+        scale = max(float(want.max()), 1e-6)
+        if top:
+            worst = max(worst, float(np.max(np.abs(want[top] - got[top]))) / scale)
+    overlap = float(min(overlaps))
+    passed = overlap >= MIN_TOP_K_OVERLAP and worst <= SPARSE_WEIGHT_TOLERANCE
+    why = (f"lowest top-{k} token overlap {overlap:.3f} (at least {MIN_TOP_K_OVERLAP}), largest weight difference "
+           f"{worst:.3f} of the row's largest weight (at most {SPARSE_WEIGHT_TOLERANCE})")
+    return overlap, {"passed": passed, "min_top_k_overlap": round(overlap, 4),
+                     "max_weight_difference": round(worst, 4), "why": why}
+
+
+def rerank_agreement(expected: Any, ours: Any, group: int) -> tuple[float, dict[str, Any]]:
+    """Score differences, and each query's best document (``group`` documents per query)."""
+    import numpy as np
+
+    worst = float(np.max(np.abs(expected - ours)))
+    same_best = all(int(np.argmax(expected[i : i + group])) == int(np.argmax(ours[i : i + group]))
+                    for i in range(0, len(expected), group))
+    passed = worst <= RERANK_TOLERANCE and same_best
+    why = (f"largest score difference {worst:.4f} (at most {RERANK_TOLERANCE}), "
+           f"{'the same' if same_best else 'a different'} best document per query")
+    return 1.0 - worst, {"passed": passed, "max_score_difference": round(worst, 5), "same_best": same_best,
+                         "why": why}
+
+
+def activate(scores: Any, activation: str) -> Any:
+    import numpy as np
+
+    return (1.0 / (1.0 + np.exp(-scores))).astype(np.float32) if activation == "sigmoid" else scores
 
 
 def onnx_session(path: Path, threads: int) -> Any:
@@ -184,3 +297,31 @@ def run_onnx(session: Any, tokenizer: Any, texts: list[str], max_length: int, mo
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     hidden = session.run(None, {k: enc[k].astype("int64") for k in names})[0]
     return pool(hidden, enc["attention_mask"], mode, normalize)
+
+
+def splade_pool(logits: Any, mask: Any) -> Any:
+    """SPLADE: per vocabulary entry, the max over the text's tokens of log(1 + relu(logit))."""
+    import numpy as np
+
+    weights = np.log1p(np.maximum(logits, 0.0)) * mask[..., None].astype(np.float32)
+    return weights.max(axis=1).astype(np.float32)
+
+
+def run_onnx_sparse(session: Any, tokenizer: Any, texts: list[str], max_length: int) -> Any:
+    """One text at a time: the logits are [rows, tokens, vocabulary], hundreds of MB for a padded batch."""
+    import numpy as np
+
+    names = {i.name for i in session.get_inputs()}
+    rows = []
+    for text in texts:
+        enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        logits = session.run(None, {k: enc[k].astype("int64") for k in names})[0]
+        rows.append(splade_pool(logits, enc["attention_mask"])[0])
+    return np.stack(rows)
+
+
+def run_onnx_scores(session: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_length: int) -> Any:
+    names = {i.name for i in session.get_inputs()}
+    enc = tokenizer([q for q, _ in pairs], [d for _, d in pairs], padding=True, truncation=True,
+                    max_length=max_length, return_tensors="np")
+    return session.run(None, {k: enc[k].astype("int64") for k in names})[0][:, 0]

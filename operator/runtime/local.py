@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from ...worker.download import Progress, canonical_id
+from ...worker.download import PLATFORM_SUFFIX, Progress, canonical_id
 from ...worker.modelstore import ModelInfo
 from ...worker.config import AUTH_TOKEN_ENV
 from ...worker.hop import usable_path
@@ -148,6 +148,9 @@ class LocalRuntime:
         self.catalog = catalog
         self.deployments: dict[str, LocalDeployment] = {}
         self.downloads: dict[str, tuple[asyncio.Task[None], Progress]] = {}
+        # <id>_linux-x86_64 variants being made, and those that could not be (served as their base this run).
+        self.variant_tasks: dict[str, asyncio.Task[None]] = {}
+        self.variant_failures: dict[str, str] = {}
         # A credential per run: workers answer only callers that hold it (the router and the probes here).
         self.credential = secrets.token_urlsafe(32)
         # url -> the allocation's Unix socket, where /infer takes the binary hop (worker/hop.py).
@@ -189,6 +192,8 @@ class LocalRuntime:
             self.deployments[deployment.deployment_id] = existing
             if model is None:
                 self._fetch_model(existing)
+            else:
+                self._use_variant(existing)
         else:
             existing.spec = deployment
             if allocations is not None or not deployment.adaptive_enabled:
@@ -382,6 +387,48 @@ class LocalRuntime:
         for dep in list(self.deployments.values()):
             if dep.model is None and canonical_id(dep.spec.model_id) == model_id and not dep.stopping:
                 dep.model, dep.failure = info, error
+                if info is not None:
+                    self._use_variant(dep)
+                await self._reconcile(dep)
+
+    # -- Elastic's optimized variants (<id>_linux-x86_64): our ONNX build of <id>, made on first use ------
+
+    def _use_variant(self, dep: LocalDeployment) -> None:
+        """A deployment of ``<id>_linux-x86_64`` serves the ONNX variant of ``<id>``: the one in the store, or one
+        made now (its allocations wait); the base model when it cannot be made or fails its check (said in the
+        log and kept for this run), and as is when the base is already Elastic's own build."""
+        variant_id = dep.spec.model_id
+        base = dep.model
+        if not variant_id.endswith(PLATFORM_SUFFIX) or base is None:
+            return
+        made = self.catalog.store.get(variant_id)
+        if made is not None:
+            dep.model = made
+            return
+        if base.backend != "torch" or variant_id in self.variant_failures:
+            return
+        dep.model = None  # until the variant is made
+        if variant_id not in self.variant_tasks:
+            self.variant_tasks[variant_id] = asyncio.create_task(self._make_variant(variant_id, base),
+                                                                 name=f"optimize-{variant_id}")
+
+    async def _make_variant(self, variant_id: str, base: ModelInfo) -> None:
+        try:
+            from ...worker.optimize import optimize
+
+            variant: ModelInfo | None = (await asyncio.to_thread(optimize, self.catalog.store, base.model_id,
+                                                                 variant_id))[0]
+            log.info("model %s: made the ONNX variant of %s", variant_id, base.model_id)
+        except Exception as exc:  # not optimizable, failed its check, or ONNX Runtime missing: serve the base
+            variant = None
+            self.variant_failures[variant_id] = f"{type(exc).__name__}: {exc}"
+            log.warning("model %s: serving %s as it is; its ONNX variant was not made: %s", variant_id,
+                        base.model_id, self.variant_failures[variant_id])
+        finally:
+            self.variant_tasks.pop(variant_id, None)
+        for dep in list(self.deployments.values()):
+            if dep.model is None and dep.spec.model_id == variant_id and not dep.stopping:
+                dep.model = variant or self.catalog.get(variant_id) or base
                 await self._reconcile(dep)
 
     async def _reconcile(self, dep: LocalDeployment) -> None:
