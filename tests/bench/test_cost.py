@@ -192,3 +192,17 @@ def test_rendering_marks_each_target_met_or_missed():
     table = readme.target_list(report)
     assert "| a / short | server CPU per input ÷ in-process <= 1.1 | 1.2 | **missed** |" in table
     assert "| a / passage | server CPU per input ÷ in-process <= 1.03 | 1.01 | met |" in table
+
+
+def test_a_failing_optional_phase_is_recorded_not_fatal():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    assert run.phase("memory", lambda: {"ok": 1}) == {"ok": 1}
+    failed = run.phase("memory", lambda: 1 / 0)
+    assert "ZeroDivisionError" in failed["error"]
+    report = {"results": {}, "memory": failed}
+    assert run.targets(report) == [{"row": "memory", "target": "extra allocation ÷ first (PSS)", "value": None,
+                                    "op": "<=", "limit": 0.5, "met": None}]
