@@ -67,7 +67,7 @@ def measure(size: int, window_s: float | None = None, rounds: int | None = None,
                 items = api.get(IE).json()["items"]
                 return len(items) == size and all((i.get("status") or {}).get("conditions") for i in items)
             eventually(up, timeout=timeout, what=f"{size} endpoints with a status")
-            eventually(lambda: all(op.reconciled(n, 1) for n in names), timeout=timeout, what="reconciles")
+            eventually(lambda: all(op.reconciled(n) for n in names), timeout=timeout, what="reconciles")
             ready = len(box.requests())
             began = time.monotonic()
             if rounds is not None:

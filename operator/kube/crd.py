@@ -214,7 +214,6 @@ def endpoint_crd() -> dict[str, Any]:
         # What the workload is: changing it would leave the old one behind (create a new endpoint instead).
         immutable("spec.service_settings", "model_id", "service_settings.model_id cannot be updated"),
         immutable("spec.service_settings", "deployment_id", "service_settings.deployment_id cannot be updated"),
-        immutable("spec", "inference_id", "inference_id cannot be updated"),
     ]
     return _crd(ENDPOINTS, ENDPOINT_KIND, "ie", model_schema(EndpointResourceSpec),
                 "An Elasticsearch inference endpoint of the `elasticsearch` service: spec is the body of "

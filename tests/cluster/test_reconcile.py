@@ -54,8 +54,11 @@ def test_the_operator_creates_the_workload_as_its_service_account(admin: httpx.C
     assert managers == {"infernetes": "Apply"}, "children are written with server-side apply"
 
 
-def test_a_deleted_child_is_recreated_and_scale_drift_undone(admin: httpx.Client, operator: RunningOperator) -> None:
-    """#3: events on owned Deployments and Services re-run their owner's reconcile."""
+def test_a_deleted_child_is_recreated_and_scale_drift_undone(admin: httpx.Client,
+                                                            start_operator: Callable[..., RunningOperator]) -> None:
+    """#3: events on owned Deployments and Services re-run their owner's reconcile (the resync is set to
+    5 minutes here: what the test sees is the events' doing)."""
+    start_operator(status_interval_s=300)
     assert admin.post(IE, json=endpoint("e5", allocations=2)).status_code == 201
     first = eventually(lambda: _workload(admin, "e5"), what="the worker Deployment")
     name = workload_name("e5")
@@ -207,11 +210,13 @@ def test_one_warning_per_distinct_problem(admin: httpx.Client, operator: Running
 
 
 def test_get_scale_of_an_adaptive_endpoint(admin: httpx.Client, operator: RunningOperator) -> None:
-    """#14: `kubectl get --subresource=scale` (and an HPA) on an adaptive endpoint."""
+    """#14 (`GET .../scale` fails for adaptive CRs): not reproduced on the box, which answers as the API server
+    does for an absent specReplicasPath (replicas 0); kept as a guard of the scale subresource."""
     assert admin.post(IE, json=endpoint("auto", adaptive=(1, 4))).status_code == 201
-    eventually(lambda: _workload(admin, "auto"), what="the workload")
+    eventually(lambda: _workload(admin, "auto") and _status(admin, "auto").get("selector"), what="the status")
     r = admin.get(f"{IE}/auto/scale")
     assert r.status_code == 200, r.text
+    assert r.json()["status"]["selector"] == "infernetes.dev/deployment=auto"
 
 
 def test_a_pod_of_the_workload_is_what_makes_it_ready(admin: httpx.Client, operator: RunningOperator) -> None:
