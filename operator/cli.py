@@ -346,9 +346,11 @@ def cmd_models_optimize(args: argparse.Namespace) -> int:
     except (ModelStoreError, ImportError) as exc:
         print(f"infernetes: {exc}", file=sys.stderr)
         return 1
+    check = {"text_embedding": f"lowest cosine similarity to the original on the calibration set {cosine:.4f}",
+             "sparse_embedding": f"lowest top-k token overlap with the original on the calibration set {cosine:.3f}",
+             "rerank": f"largest score difference from the original on the calibration set {1 - cosine:.4f}"}
     print(f"optimized [{info.model_id}] from [{args.source_id}]: ONNX Runtime"
-          f"{', int8 weights' if args.quantize else ''}, {info.size_bytes / 1e6:.0f} MB; lowest cosine similarity "
-          f"to the original on the calibration set {cosine:.4f}")
+          f"{', int8 weights' if args.quantize else ''}, {info.size_bytes / 1e6:.0f} MB; {check[info.task_type]}")
     return 0
 
 
@@ -555,10 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     ens.add_argument("--seed-dir", help="a data directory baked into the image; models found there are copied")
     _data_dir_arg(ens)
     ens.set_defaults(func=cmd_models_ensure)
-    opt = msub.add_parser("optimize", help="make an ONNX Runtime variant of a text-embedding model (optionally int8)")
-    opt.add_argument("source_id", help="a text_embedding model in the store")
+    opt = msub.add_parser("optimize", help="make an ONNX Runtime variant of a model (optionally int8), kept only if "
+                          "it passes its check against the original")
+    opt.add_argument("source_id", help="a text_embedding, sparse_embedding (SPLADE) or rerank model in the store")
     opt.add_argument("--model-id", required=True, help="the id of the variant (endpoints choose it as model_id)")
-    opt.add_argument("--quantize", choices=["int8"], help="int8 weights (kept only if cosine >= 0.99)")
+    opt.add_argument("--quantize", choices=["int8"], help="int8 weights (kept only if the check passes: cosine >= "
+                     "0.99; sparse: top-k tokens and weights; rerank: scores within 0.02)")
     opt.add_argument("--replace", action="store_true", help="replace a model with the same id as the variant")
     _data_dir_arg(opt)
     opt.set_defaults(func=cmd_models_optimize)
