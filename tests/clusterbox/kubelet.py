@@ -529,6 +529,76 @@ class _Stop(Exception):
     """The pod is done (terminating, or failed for good)."""
 
 
+def mount_namespaces_available() -> bool:
+    """Whether containers can get a real mount namespace (root, util-linux's unshare, overlayfs): then every
+    program in the pod, native code included (safetensors, tokenizers, torch), sees the volumes at their
+    mountPaths. Else the pod's Python redirects its own file calls (podsite/sitecustomize.py). Off with
+    CLUSTERBOX_MOUNT_NAMESPACES=0."""
+    global _NAMESPACES
+    if _NAMESPACES is None:
+        _NAMESPACES = False
+        if os.environ.get("CLUSTERBOX_MOUNT_NAMESPACES", "1") != "0" and os.geteuid() == 0 and shutil.which("unshare"):
+            import subprocess
+            import tempfile
+            with tempfile.TemporaryDirectory(prefix="clusterbox-ns-") as tmp:
+                for d in ("u", "w", "m"):
+                    os.mkdir(os.path.join(tmp, d))
+                probe = (f"mount -t overlay overlay -o lowerdir={tmp}/m,upperdir={tmp}/u,workdir={tmp}/w {tmp}/m "
+                         f"&& mount --bind {tmp}/u {tmp}/m")
+                try:
+                    _NAMESPACES = subprocess.run(["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", probe],
+                                                 capture_output=True, timeout=10).returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    _NAMESPACES = False
+    return _NAMESPACES
+
+
+_NAMESPACES: bool | None = None
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def namespace_setup(mounts: Mapping[str, str], scratch: Path, hidden: str) -> tuple[list[str], dict[str, str]]:
+    """The shell lines that build a container's mount namespace, and the mounts left to the Python redirect.
+
+    Each volume folder is bind-mounted at its mountPath. A mountPath that does not exist on the machine is made
+    inside a private overlay of its deepest existing ancestor (its upper layer in `scratch`), so nothing is ever
+    created on the machine itself. Mounts that would hide `hidden` (the kubelet's own folder, e.g. /tmp) go last;
+    files on special filesystems (/dev/termination-log) and anything below the root are left to the redirect."""
+    lines, leftover, overlaid = ["set -e"], {}, set()
+    order = sorted(mounts.items(), key=lambda m: (hidden == m[0] or hidden.startswith(m[0] + "/"), m[0].count("/"), m[0]))
+    for n, (target, source) in enumerate(order):
+        if target in ("/", "/dev", "/proc", "/sys") or target.startswith(("/dev/", "/proc/", "/sys/")):
+            leftover[target] = source
+            continue
+        is_file = os.path.isfile(source)
+        ancestor = target
+        while not os.path.lexists(ancestor) and ancestor != "/":
+            ancestor = os.path.dirname(ancestor)
+        below_mount = any(target != t and target.startswith(t + "/") for t, _ in order[:n])
+        if ancestor != target and not below_mount:
+            if ancestor == "/":
+                leftover[target] = source
+                continue
+            top = next((a for a in overlaid if ancestor == a or ancestor.startswith(a + "/")), None)
+            if top is None:
+                up, work = scratch / f"upper{n}", scratch / f"work{n}"
+                up.mkdir(parents=True, exist_ok=True)
+                work.mkdir(parents=True, exist_ok=True)
+                lines.append(f"mount -t overlay overlay -o lowerdir={_quote(ancestor)},upperdir={_quote(str(up))},"
+                             f"workdir={_quote(str(work))} {_quote(ancestor)}")
+                overlaid.add(ancestor)
+        if ancestor != target:
+            parent = os.path.dirname(target) if is_file else target
+            lines.append(f"mkdir -p {_quote(parent)}")
+            if is_file:
+                lines.append(f": > {_quote(target)}")
+        lines.append(f"mount --bind {_quote(source)} {_quote(target)}")
+    return lines, leftover
+
+
 def _die_with_parent() -> None:
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed with the box's thread
@@ -969,8 +1039,12 @@ class Kubelet:
                "KUBERNETES_SERVICE_HOST": self.host_ip, "KUBERNETES_SERVICE_PORT": str(self.api_port),
                "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port), **user_env}
         env["PYTHONPATH"] = os.pathsep.join([str(PODSITE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        setup: list[str] = []
+        redirected: Mapping[str, str] = mounts
+        if mount_namespaces_available():
+            setup, redirected = namespace_setup(mounts, own / f"ns{os.getpid()}", str(self.root))
         env.update({"CLUSTERBOX_POD_IP": runner.ip, "CLUSTERBOX_API": f"{self.host_ip}:{self.api_port}",
-                    "CLUSTERBOX_MOUNTS": json.dumps(sorted(mounts.items())), "CLUSTERBOX_KUBELET_ROOT": str(self.root)})
+                    "CLUSTERBOX_MOUNTS": json.dumps(sorted(redirected.items())), "CLUSTERBOX_KUBELET_ROOT": str(self.root)})
         command = [expand(str(a), user_env) for a in spec.get("command") or image.entrypoint]
         args = [expand(str(a), user_env) for a in (spec.get("args") if "args" in spec else ([] if spec.get("command") else image.cmd)) or []]
         argv = command + args
@@ -981,6 +1055,13 @@ class Kubelet:
             raise PodError("RunContainerError", f'exec: "{argv[0]}": executable file not found in $PATH')
         workdir = spec.get("workingDir") or image.workdir
         cwd = str(own)
+        if setup:
+            # A real mount namespace: unshare(1) runs the mounts, then the container's program in its working folder.
+            if workdir:
+                setup.append(f"cd {_quote(workdir)}")
+            setup.append('exec "$@"')
+            return ([shutil.which("unshare") or "unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", "\n".join(setup), argv[0], program,
+                     *argv[1:]], env, cwd, mounts)
         if workdir:
             for mount, folder in sorted(mounts.items(), key=lambda m: -len(m[0])):
                 if workdir == mount or workdir.startswith(mount + "/"):
@@ -1029,9 +1110,11 @@ class Kubelet:
     async def _exec_probe(self, runner: PodRunner, c: Container, command: list[str], timeout: float) -> tuple[bool, str]:
         image = _image_for(self.images, c.spec.get("image", ""))
         assert image is not None
-        _, env, cwd, _ = self.container_process(runner, c, image, self._volume_folders(runner))
+        argv, env, cwd, _ = self.container_process(runner, c, image, self._volume_folders(runner))
         program = shutil.which(command[0], path=env["PATH"]) if command and "/" not in command[0] else (command or [""])[0]
-        proc = await asyncio.create_subprocess_exec(program or command[0], *command[1:], env=env, cwd=cwd,
+        namespace = argv[:7] if argv[0].endswith("unshare") else []  # the container's mount namespace, built again
+        proc = await asyncio.create_subprocess_exec(*namespace, *([command[0]] if namespace else []), program or command[0],
+                                                    *command[1:], env=env, cwd=cwd,
                                                     stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                                                     preexec_fn=_die_with_parent)

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from clusterbox import ClusterBox
+from clusterbox.kubelet import mount_namespaces_available
 
 from .conftest import wait_for
 
@@ -143,6 +144,22 @@ def test_init_containers_run_in_order_to_completion_before_the_containers(api: h
     assert logs(api, "init-order") == "init-1\ninit-2\n"
     assert [c["state"]["terminated"]["reason"] for c in p["status"]["initContainerStatuses"]] == ["Completed", "Completed"]
     assert condition(p, "Initialized") == "True"
+
+
+@pytest.mark.skipif(not mount_namespaces_available(), reason="needs root, unshare and overlayfs (else the Python-only redirect)")
+def test_native_programs_see_volumes_at_their_mount_paths(api: httpx.Client) -> None:
+    """With a mount namespace per container, code that is not Python (here cat and sh; in the worker safetensors,
+    tokenizers and torch) finds the volume at its mountPath, and the path is never made on the machine."""
+    mount = "/var/lib/clusterbox-native-test/data"
+    assert not os.path.lexists("/var/lib/clusterbox-native-test")
+    create_pod(api, "native", [container("main", ["sh", "-c", f"cat {mount}/x && ls /var/lib | grep -c . >/dev/null"],
+                                         volumeMounts=[{"name": "work", "mountPath": mount}])],
+               initContainers=[container("write", ["sh", "-c", f"echo from-init > {mount}/x"],
+                                         volumeMounts=[{"name": "work", "mountPath": mount}])],
+               volumes=[{"name": "work", "emptyDir": {}}], restartPolicy="Never")
+    wait_phase(api, "native", "Succeeded")
+    assert logs(api, "native") == "from-init\n"
+    assert not os.path.lexists("/var/lib/clusterbox-native-test"), "a mount point was made on the machine"
 
 
 def test_a_failing_init_container_is_retried_and_holds_the_containers(api: httpx.Client) -> None:
