@@ -187,7 +187,14 @@ class Kube:
 
     async def apply(self, manifest: dict[str, Any], existing: dict[str, Any] | None | bool = False) -> str:
         """Apply the manifest (server-side) unless the live object already matches it; returns created,
-        patched or unchanged. ``existing`` is the live object when the caller has it (None: absent).
+        patched or unchanged (:meth:`apply_object` also returns the object the server answered)."""
+        return (await self.apply_object(manifest, existing))[0]
+
+    async def apply_object(self, manifest: dict[str, Any], existing: dict[str, Any] | None | bool = False
+                           ) -> tuple[str, dict[str, Any] | None]:
+        """Apply the manifest (server-side) unless the live object already matches it; returns created,
+        patched or unchanged, and the object as the server answered (None when unchanged).
+        ``existing`` is the live object when the caller has it (None: absent).
 
         Matching: the manifest's hash annotation is the one applied last (so nothing was dropped from the plan)
         and every field of the manifest has its planned value in the live object (so nobody drifted it:
@@ -198,9 +205,9 @@ class Kube:
         if existing is False:
             existing = await self.get(api_version, PLURALS[(api_version, kind)], meta["namespace"], meta["name"])
         if isinstance(existing, dict) and _contains(existing, manifest):
-            return "unchanged"
-        await self.server_side_apply(manifest)
-        return "created" if existing is None else "patched"
+            return "unchanged", None
+        applied = await self.server_side_apply(manifest)
+        return ("created" if existing is None else "patched"), applied
 
 
 def _message(resp: httpx.Response) -> str:

@@ -336,7 +336,9 @@ class Reconciler:
                 # A selector is immutable: a workload of an older label scheme is replaced, not patched.
                 await self.kube.delete("apps/v1", "deployments", namespace, manifest["metadata"]["name"])
                 live = None
-            result = await self.kube.apply(manifest, live if self.cache is not None else False)
+            result, applied = await self.kube.apply_object(manifest, live if self.cache is not None else False)
+            if applied and self.cache is not None:
+                self.cache.put(plural_of, applied)  # the status computed next sees what was just applied
             if result != "unchanged":
                 changes.append(f"{manifest['kind']} {manifest['metadata']['name']} {result}")
         return found, changes
