@@ -94,10 +94,16 @@ def own_deployment_id(cr: dict[str, Any]) -> str | None:
 
 
 async def find_owner(kube: Any, namespace: str, deployment_id: str) -> dict[str, Any] | None:
-    """The resource that provides a deployment id in a namespace (kind set on the returned dict)."""
+    """The resource that provides a deployment id in a namespace (kind set on the returned dict): the earliest
+    created, then by name and kind, whatever order a list comes in (the operator's rule, which in addition
+    keeps a live workload's controller)."""
+    candidates = []
     for plural, kind in ((DEPLOYMENTS, DEPLOYMENT_KIND), (ENDPOINTS, ENDPOINT_KIND)):
         for cr in await kube.list(API_VERSION, plural, namespace):
             cr = {**cr, "kind": kind}
             if not cr["metadata"].get("deletionTimestamp") and own_deployment_id(cr) == deployment_id:
-                return cr
-    return None
+                candidates.append(cr)
+    if not candidates:
+        return None
+    return min(candidates, key=lambda cr: (str(cr["metadata"].get("creationTimestamp") or ""),
+                                           str(cr["metadata"].get("name")), cr["kind"]))
