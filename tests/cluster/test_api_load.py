@@ -53,3 +53,21 @@ async def test_429_retry_after_is_honoured(cluster_box: ClusterBox) -> None:
         assert cluster_box.faults.served["429"] == 2
     finally:
         await kube.close()
+
+
+@pytest.mark.slow
+def test_children_are_watched_with_a_server_side_label_selector(cluster_box: ClusterBox, operator: Any) -> None:
+    """kopf's `labels=` filter is client-side: without a selector on the request, the operator would receive
+    every pod and Deployment of the namespace. The box's open watches show what was asked for."""
+    from cluster.conftest import eventually
+
+    def watches() -> dict[str, Any]:
+        return cluster_box.server.call(lambda: {w.res.plural: w.match for w in cluster_box.server.watchers})
+    seen = eventually(lambda: (w := watches()) and {"pods", "deployments", "services", "poddisruptionbudgets",
+                                                      "inferenceendpoints"} <= set(w) and w,
+                      what="the operator's watches")
+    theirs = {"metadata": {"name": "web", "namespace": "search", "labels": {"app": "web"}}}
+    ours = {"metadata": {"name": "w", "namespace": "search", "labels": {"app.kubernetes.io/managed-by": "infernetes"}}}
+    for plural in ("pods", "deployments", "services", "poddisruptionbudgets"):
+        assert not seen[plural](theirs) and seen[plural](ours), plural
+    assert seen["inferenceendpoints"](theirs), "the custom resources are watched whole"
