@@ -33,6 +33,7 @@ import pytest
 import yaml
 from elasticsearch import Elasticsearch
 
+from clusterbox.conftest import wait_for
 from clusterbox.fixtures import ROOT, Installation, installed, render_chart
 
 from infernetes.operator.demo import DEMO_MODELS
@@ -187,14 +188,11 @@ def es(inst: Installation, gateway: ServiceProxy) -> Iterator[Elasticsearch]:
 # ---- helpers ------------------------------------------------------------------------------------
 
 def wait_until(predicate: Callable[[], Any], what: str, inst: Installation, timeout: float = CEILING) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{inst.diagnose()}")
-        time.sleep(0.2)
+    """The box tests' wait_for, with the pods' states and logs in the error."""
+    try:
+        return wait_for(predicate, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{inst.diagnose()}") from None
 
 
 def kubectl_wait(inst: Installation, condition: str, name: str) -> None:
