@@ -40,8 +40,9 @@ def measure(size: int, window_s: float | None = None, rounds: int | None = None,
     import helm_python
     import yaml
     from clusterbox import ClusterBox
+    from clusterbox.fixtures import create_crds
 
-    from cluster.conftest import CHART, IE, NS, RBAC_KINDS, RELEASE_NS, RunningOperator, crd_docs, endpoint, eventually
+    from cluster.conftest import CHART, IE, NS, RBAC_KINDS, RELEASE_NS, RunningOperator, endpoint, eventually
     from cluster.conftest import install, operator_settings
 
     chart = helm_python.Chart.load(CHART)
@@ -52,8 +53,7 @@ def measure(size: int, window_s: float | None = None, rounds: int | None = None,
     op = None
     try:
         with box.client() as api:
-            for doc in crd_docs():
-                assert api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc).status_code == 201
+            create_crds(api)
             for ns in (NS, RELEASE_NS):
                 assert api.post("/api/v1/namespaces", json={"metadata": {"name": ns}}).status_code == 201
             install(api, rbac)

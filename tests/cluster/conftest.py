@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 from clusterbox import ClusterBox
+from clusterbox.fixtures import api_box
 
 from infernetes.operator.kube import API_VERSION
 from infernetes.operator.kube.client import KubeConfig
@@ -40,10 +41,6 @@ EVENTS = f"/api/v1/namespaces/{NS}/events"
 RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 _RBAC_PATHS = {"Role": "roles", "RoleBinding": "rolebindings", "ClusterRole": "clusterroles",
                "ClusterRoleBinding": "clusterrolebindings"}
-
-
-def crd_docs() -> list[dict[str, Any]]:
-    return [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
 
 
 @pytest.fixture(scope="session")
@@ -74,20 +71,10 @@ def install(api: httpx.Client, docs: list[dict[str, Any]]) -> None:
 @pytest.fixture
 def cluster_box(chart_rbac: list[dict[str, Any]]) -> Iterator[ClusterBox]:
     """A fresh box: CRDs, the namespaces, the chart's ServiceAccounts and RBAC. No controllers, no kubelet."""
-    box = ClusterBox(bookmark_interval=0.3, controllers=False).start()
-    try:
+    with api_box((NS, RELEASE_NS)) as box:
         with box.client() as api:
-            for doc in crd_docs():
-                r = api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc)
-                assert r.status_code == 201, r.text
-            for ns in (NS, RELEASE_NS):
-                r = api.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": ns}})
-                assert r.status_code == 201, r.text
             install(api, chart_rbac)
         yield box
-    finally:
-        box.stop()
 
 
 @pytest.fixture

@@ -5,39 +5,25 @@ stand in for what the box does not run (a ReplicaSet's pod, the kubelet's readin
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from clusterbox import ClusterBox
+from clusterbox.fixtures import api_box
 
 from infernetes.operator.kube import API_VERSION
 from infernetes.operator.kube.client import Kube, KubeConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 NS = "search"
-
-
-def crd_docs() -> list[dict[str, Any]]:
-    return [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "crds").glob("*.yaml"))]
 
 
 @pytest.fixture
 def gbox() -> Iterator[ClusterBox]:
     """A fresh box (it starts in milliseconds) with the project's CRDs and the test namespace."""
     # No controllers: these tests write the worker pods themselves, as a kubelet-less cluster would show them.
-    box = ClusterBox(bookmark_interval=0.3, controllers=False).start()
-    try:
-        with box.client() as api:
-            for doc in crd_docs():
-                assert api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc).status_code == 201
-            assert api.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
-                                                        "metadata": {"name": NS}}).status_code == 201
+    with api_box((NS,)) as box:
         yield box
-    finally:
-        box.stop()
 
 
 @pytest.fixture

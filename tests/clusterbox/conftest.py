@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from clusterbox import ClusterBox
+from clusterbox.fixtures import create_crds
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -36,18 +36,10 @@ def api(box: ClusterBox) -> Iterator[httpx.Client]:
         yield c
 
 
-def crd_docs() -> list[dict[str, Any]]:
-    return [yaml.safe_load(p.read_text()) for p in sorted(CRDS.glob("*.yaml"))]
-
-
 @pytest.fixture
 def crds(api: httpx.Client) -> list[dict[str, Any]]:
     """The project's CRDs, created through the API as kubectl would."""
-    docs = crd_docs()
-    for doc in docs:
-        r = api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc)
-        assert r.status_code == 201, r.text
-    return docs
+    return create_crds(api)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -44,6 +44,36 @@ RELEASE = "infernetes"
 NODE_CPU, NODE_MEMORY = "4", "16Gi"
 
 
+def crd_docs() -> list[dict[str, Any]]:
+    """The project's CRDs (crds/*.yaml), as kubectl would read them."""
+    return [yaml.safe_load(p.read_text()) for p in sorted(CRDS.glob("*.yaml"))]
+
+
+def create_crds(api: httpx.Client) -> list[dict[str, Any]]:
+    """The project's CRDs created through the API; each must be accepted (201)."""
+    docs = crd_docs()
+    for doc in docs:
+        r = api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc)
+        assert r.status_code == 201, r.text
+    return docs
+
+
+@contextlib.contextmanager
+def api_box(namespaces: tuple[str, ...] = ()) -> Iterator[ClusterBox]:
+    """A fresh box without controllers (tests write the pods and statuses themselves) holding the project's CRDs
+    and the given namespaces; stopped when the block ends, also on failure."""
+    box = ClusterBox(bookmark_interval=0.3, controllers=False).start()
+    try:
+        with box.client() as api:
+            create_crds(api)
+            for ns in namespaces:
+                r = api.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+                assert r.status_code == 201, r.text
+        yield box
+    finally:
+        box.stop()
+
+
 def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPACE, release: str = RELEASE) -> list[dict[str, Any]]:
     """The chart's templates as `helm install` renders them (values.schema.json enforced); its
     CRDs are not among them (Helm installs crds/ separately: apply `CRDS` first)."""

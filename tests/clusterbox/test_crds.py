@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from .conftest import crd_docs
+from clusterbox.fixtures import crd_docs
 
 IE = "/apis/infernetes.dev/v1alpha1/namespaces/default/inferenceendpoints"
 MD = "/apis/infernetes.dev/v1alpha1/namespaces/default/modeldeployments"

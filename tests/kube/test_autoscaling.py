@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from aiohttp import web
 from clusterbox import ClusterBox
+from clusterbox.fixtures import api_box
 
 from infernetes.operator.autoscaler import AutoscalerSettings
 from infernetes.operator.kube import API_VERSION, ENDPOINTS
@@ -26,17 +27,8 @@ SETTINGS = AutoscalerSettings(interval_s=0.2, target_utilization=0.75, smoothing
 
 @pytest.fixture
 def cluster() -> Iterator[ClusterBox]:
-    from cluster.conftest import crd_docs
-
-    box = ClusterBox(bookmark_interval=0.3, controllers=False).start()
-    try:
-        with box.client() as api:
-            for doc in crd_docs():
-                assert api.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=doc).status_code == 201
-            assert api.post("/api/v1/namespaces", json={"metadata": {"name": NS}}).status_code == 201
+    with api_box((NS,)) as box:
         yield box
-    finally:
-        box.stop()
 
 
 @pytest.fixture
