@@ -242,6 +242,7 @@ def _pull_locked(store: ModelStore, model_id: str, canonical: str, spec: Builtin
     try:
         api = HfApi(endpoint=endpoint, token=token)
         try:
+            _connect(endpoint)
             entries = [
                 e for e in api.list_repo_tree(repo_id, revision=revision, recursive=True)
                 if isinstance(e, RepoFile) and _wanted(e.path)
@@ -290,6 +291,23 @@ def _pull_locked(store: ModelStore, model_id: str, canonical: str, spec: Builtin
     except (DownloadError, ModelStoreError) as exc:
         progress.set(state="failed", error=str(exc))
         raise DownloadError(str(exc)) from exc
+
+
+# A hub that cannot be connected to at all (name unknown, connection refused, no route, proxy refusing).
+UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.UnsupportedProtocol)
+
+
+def _connect(endpoint: str) -> None:
+    """Raise at once when the hub cannot be connected to. huggingface_hub's listing retries such a failure
+    five times, 1 to 8 s apart, so an unreachable hub would be reported only after about 25 s; a pod's
+    restart (or the user) retries the pull anyway. Any HTTP answer, even an error, means it is reachable:
+    the listing and its own retries of timeouts, 429 and 5xx answers go on from there."""
+    try:
+        httpx.head(endpoint + "/", timeout=httpx.Timeout(10.0), trust_env=True)
+    except UNREACHABLE:
+        raise
+    except httpx.HTTPError:
+        pass  # reachable, answering slowly or oddly: the listing's own retries deal with it
 
 
 def fetch(url: str, target: Path, size: int, headers: dict[str, str], progress: Progress,

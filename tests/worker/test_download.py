@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import huggingface_hub.utils._http
 import pytest
 from hubserver import FakeHub
 
@@ -72,11 +73,15 @@ def test_corrupt_file_is_rejected_then_retried(tmp_path, hub):
     assert not fetched() & verified_before  # files verified earlier were not downloaded again
 
 
-def test_no_hub_fails_fast_with_how_to_import(tmp_path):
+def test_no_hub_fails_fast_with_how_to_import(tmp_path, monkeypatch):
+    # huggingface_hub retries a refused connection five times, 1-8 s apart (about 25 s): the pull must not.
+    waits: list[float] = []
+    monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", waits.append)
     with pytest.raises(DownloadError) as info:
         pull(ModelStore(tmp_path), ".elser_model_2", endpoint="http://127.0.0.1:9")
+    assert waits == [], "the pull waited for retries of a hub that refuses connections"
     reason = str(info.value)
-    assert "Could not download model [.elser_model_2]" in reason
+    assert "Could not download model [.elser_model_2]" in reason and "ConnectError" in reason
     assert "infernetes models import <folder>" in reason and "--model-id .elser_model_2" in reason
 
 
