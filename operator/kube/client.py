@@ -1,18 +1,29 @@
-"""A small async Kubernetes REST client: plain dicts in and out, merge patches, server-side apply.
+"""The operator's and the gateway's Kubernetes client: plain dicts in and out, merge patches, server-side apply.
 
-Credentials come from the ``kubernetes`` package's loaders (in-cluster service account, or a
-kubeconfig named explicitly, ``$KUBECONFIG``, or ``~/.kube/config``); the calls go through httpx,
-so the gateway and the async kopf handlers share one non-blocking client.
+The transport, the credentials and the TLS settings are ``kubernetes_asyncio``'s (the official client's
+async sibling): in-cluster service account with the projected token re-read as it rotates, or a
+kubeconfig named explicitly, ``$KUBECONFIG`` (several files merged as kubectl merges them) or
+``~/.kube/config``, with its context, client certificates, ``certificate-authority``,
+``tls-server-name``, ``proxy-url`` and exec credential plugins (run without blocking the event loop,
+again when their token expires). What this module adds is small: resources as plain dicts (the
+operator builds manifests, not models), 429 ``Retry-After`` honoured, server-side apply skipped
+when the live object already matches, and streaming watches for :mod:`.watchcache`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime
+import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from kubernetes_asyncio import client as kclient
+from kubernetes_asyncio import config as kconfig
 
 from ..errors import Conflict, ResourceNotFound, StatusError
 
@@ -23,6 +34,8 @@ FIELD_MANAGER = "infernetes"
 ANNOTATION_APPLIED = "infernetes.dev/applied-hash"  # hash of the manifest applied last
 MAX_RETRY_AFTER_S = 30.0  # the longest a 429's Retry-After is waited for, per attempt
 MAX_THROTTLED_ATTEMPTS = 5
+REQUEST_TIMEOUT_S = 30.0
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
@@ -33,66 +46,127 @@ PLURALS = {
 
 
 class KubeError(StatusError):
-    pass
+    """The API server refused a call; ``code`` is its HTTP status."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 @dataclass
 class KubeConfig:
-    host: str
-    token: Callable[[], str | None]
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify: bool = True
+    """Where the API server is and how to authenticate to it: a ``kubernetes_asyncio`` Configuration
+    (shared by every :class:`Kube` made from it, in any thread) and the namespace of the context."""
+
+    configuration: kclient.Configuration
     namespace: str | None = None
     in_cluster: bool = False
+    token_expiry: Callable[[], datetime.datetime | None] = field(default=lambda: None)
+
+    @classmethod
+    def for_token(cls, host: str, token: str | Callable[[], str | None] | None = None, *,
+                  ca_file: str | None = None, verify: bool = True, namespace: str | None = None) -> KubeConfig:
+        """A fixed server and bearer token (a callable is asked again at every request: a rotating token)."""
+        cfg = kclient.Configuration(host=host.rstrip("/"))
+        cfg.ssl_ca_cert = ca_file
+        cfg.verify_ssl = verify
+        if callable(token):
+            def refresh(configuration: kclient.Configuration) -> None:
+                value = token()
+                if value:
+                    configuration.api_key["BearerToken"] = f"Bearer {value}"
+
+            refresh(cfg)  # the library sends a token only when one is set before the request
+            cfg.refresh_api_key_hook = refresh
+        elif token:
+            cfg.api_key["BearerToken"] = f"Bearer {token}"
+        return cls(configuration=cfg, namespace=namespace)
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeConfig:
-        """In-cluster credentials when running in a pod, else the kubeconfig (explicit path, $KUBECONFIG, ~/.kube)."""
-        from kubernetes import config as kconfig
-        from kubernetes.client import Configuration
+        """:meth:`load_async` for the command line's synchronous start (no event loop running yet)."""
+        return asyncio.run(cls.load_async(kubeconfig, context))
 
-        cfg = Configuration()
-        in_cluster = False
-        if kubeconfig is None:
-            try:
+    @classmethod
+    async def load_async(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeConfig:
+        """In-cluster credentials when running in a pod (and no kubeconfig is named), else the kubeconfig:
+        the path given, else ``$KUBECONFIG`` (read now, not at import), else ``~/.kube/config``."""
+        cfg = type.__call__(kclient.Configuration)  # a fresh one, never the library's process-wide default
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            with contextlib.suppress(kconfig.ConfigException):
+                # Re-reads the projected service-account token as the kubelet rotates it.
                 kconfig.load_incluster_config(client_configuration=cfg)
-                in_cluster = True
-            except kconfig.ConfigException:
-                pass
-        namespace = None
-        if not in_cluster:
-            kconfig.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
-                                     persist_config=False)
-            try:
-                _, active = kconfig.list_kube_config_contexts(config_file=kubeconfig)
-                namespace = (active or {}).get("context", {}).get("namespace")
-            except (kconfig.ConfigException, OSError):
                 namespace = None
-        else:
-            try:
-                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                    namespace = f.read().strip()
-            except OSError:
-                namespace = None
+                with contextlib.suppress(OSError), open(SERVICE_ACCOUNT_NAMESPACE) as f:
+                    namespace = f.read().strip() or None
+                return cls(configuration=cfg, namespace=namespace, in_cluster=True)
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        context = context or _current_context(path)
+        loader = await kconfig.load_kube_config(config_file=path, context=context, client_configuration=cfg,
+                                                persist_config=False)
+        user = getattr(loader, "_user", None)
+        if user is not None and "exec" in user:
+            # An exec credential plugin (aws, gke-gcloud-auth-plugin, kubelogin...): run again, without
+            # blocking the loop, when the token it gave expires (the loader keeps it until then).
+            async def refresh(configuration: kclient.Configuration) -> None:
+                await loader.load_from_exec_plugin()
+                if getattr(loader, "token", None):
+                    configuration.api_key["BearerToken"] = loader.token
 
-        def token() -> str | None:
-            if cfg.refresh_api_key_hook is not None:
-                cfg.refresh_api_key_hook(cfg)
-            value = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-            return value.split(" ", 1)[-1] if value else None
+            cfg.refresh_api_key_hook = refresh
+        namespace = ((loader.current_context or {}).get("context") or {}).get("namespace")
+        return cls(configuration=cfg, namespace=namespace,
+                   token_expiry=lambda: getattr(loader, "exec_plugin_expiry", None))
 
-        return cls(
-            host=cfg.host.rstrip("/"),
-            token=token,
-            ca_file=cfg.ssl_ca_cert,
-            cert_file=cfg.cert_file,
-            key_file=cfg.key_file,
-            verify=bool(cfg.verify_ssl),
-            namespace=namespace,
-            in_cluster=in_cluster,
-        )
+    # What kopf's own connection needs (operator/kube/handlers.py login).
+    @property
+    def host(self) -> str:
+        return str(self.configuration.host).rstrip("/")
+
+    @property
+    def ca_file(self) -> str | None:
+        return self.configuration.ssl_ca_cert
+
+    @property
+    def cert_file(self) -> str | None:
+        return self.configuration.cert_file
+
+    @property
+    def key_file(self) -> str | None:
+        return self.configuration.key_file
+
+    @property
+    def verify(self) -> bool:
+        return bool(self.configuration.verify_ssl)
+
+    @property
+    def proxy(self) -> str | None:
+        return self.configuration.proxy
+
+    @property
+    def tls_server_name(self) -> str | None:
+        return self.configuration.tls_server_name
+
+    async def token(self) -> str | None:
+        """The bearer token now (refreshed first: a rotated service-account token, an expired exec token)."""
+        value = await self.configuration.get_api_key_with_prefix("BearerToken")
+        return value.split(" ", 1)[-1] if value else None
+
+
+def _current_context(paths: str) -> str | None:
+    """The current context of a merged kubeconfig as kubectl reads it: the first file that sets one
+    (the library takes the last; contexts, clusters and users it merges as kubectl does)."""
+    import yaml
+
+    for path in paths.split(os.pathsep):
+        try:
+            with open(os.path.expanduser(path)) as f:
+                current = (yaml.safe_load(f) or {}).get("current-context")
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+        if current:
+            return str(current)
+    return None
 
 
 def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
@@ -107,40 +181,68 @@ def resource_path(api_version: str, plural: str, namespace: str | None, name: st
 
 
 class Kube:
+    """Plain-dict calls on one ``kubernetes_asyncio`` ApiClient (made on first use, in the caller's event loop)."""
+
     def __init__(self, config: KubeConfig) -> None:
         self.config = config
-        verify: Any = config.ca_file or config.verify
-        cert = (config.cert_file, config.key_file) if config.cert_file else None
-        self.http = httpx.AsyncClient(base_url=config.host, verify=verify, cert=cert, timeout=30.0, trust_env=False)
+        self._api: kclient.ApiClient | None = None
+
+    @property
+    def api(self) -> kclient.ApiClient:
+        if self._api is None:
+            self._api = kclient.ApiClient(configuration=self.config.configuration)
+        return self._api
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
-    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> Any:
-        headers = {"Accept": "application/json"}
-        token = self.config.token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        if body is not None:
-            headers["Content-Type"] = content_type
-        import asyncio
-        import json
-
+    async def _send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None,
+                    content_type: str = "application/json", timeout: Any = REQUEST_TIMEOUT_S) -> Any:
+        """One request, the response unread (an ``aiohttp.ClientResponse``): the library adds the server,
+        the credentials (refreshed when due), TLS, the proxy; a 429 is retried as it asks."""
         for attempt in range(MAX_THROTTLED_ATTEMPTS):
-            resp = await self.http.request(method, path, params=params, headers=headers,
-                                           content=json.dumps(body) if body is not None else None)
-            if resp.status_code != 429 or attempt == MAX_THROTTLED_ATTEMPTS - 1:
-                break
+            resp = await self.api.call_api(
+                path, method, query_params=dict(params) if params else None,
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=timeout)
+            if resp.status != 429 or attempt == MAX_THROTTLED_ATTEMPTS - 1:
+                return resp
             # API priority and fairness (or a proxy) asks us to come back later: wait as long as it says.
-            await asyncio.sleep(retry_after(resp))
-        if resp.status_code == 404:
+            data = await resp.read()
+            resp.release()
+            await asyncio.sleep(retry_after(resp.headers, data))
+        raise AssertionError("unreachable")
+
+    async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> Any:
+        resp = await self._send(method, path, params=params, body=body, content_type=content_type)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if resp.status == 404:
             raise ResourceNotFound(f"{method} {path}: not found")
-        if resp.status_code == 409:
-            raise Conflict(f"{method} {path}: {_message(resp)}")
-        if resp.status_code >= 400:
-            raise KubeError(f"{method} {path}: {resp.status_code} {_message(resp)}")
-        return resp.json() if resp.content else None
+        if resp.status == 409:
+            raise Conflict(f"{method} {path}: {_message(data)}")
+        if resp.status >= 400:
+            raise KubeError(f"{method} {path}: {resp.status} {_message(data)}", resp.status)
+        return json.loads(data) if data else None
+
+    async def watch(self, path: str, params: Mapping[str, Any], read_timeout_s: float
+                    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch (``params`` carry ``watch=true`` and the resource version), until the
+        server ends the stream. A refusal raises :class:`KubeError` with its status (410: version too old)."""
+        resp = await self._send("GET", path, params=params, timeout=(10.0, read_timeout_s))
+        try:
+            if resp.status >= 400:
+                raise KubeError(f"watch {path}: {resp.status} {_message(await resp.read())}", resp.status)
+            async for line in resp.content:
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            resp.release()
 
     # -- generic resource calls ---------------------------------------------------------------
 
@@ -210,17 +312,17 @@ class Kube:
         return ("created" if existing is None else "patched"), applied
 
 
-def _message(resp: httpx.Response) -> str:
+def _message(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
     try:
-        return str(resp.json().get("message") or resp.text)[:500]
-    except ValueError:
-        return resp.text[:500]
+        return str(json.loads(text).get("message") or text)[:500]
+    except (ValueError, AttributeError):
+        return text[:500]
 
 
 def with_applied_hash(manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest with the hash of its content as an annotation (what makes a dropped field a change)."""
     import hashlib
-    import json
 
     meta = dict(manifest["metadata"])
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != ANNOTATION_APPLIED}
@@ -230,13 +332,13 @@ def with_applied_hash(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "metadata": meta}
 
 
-def retry_after(resp: httpx.Response) -> float:
+def retry_after(headers: Mapping[str, str], data: bytes) -> float:
     """Seconds a 429 asks to wait (Retry-After header, else the Status details), within bounds."""
-    raw = resp.headers.get("Retry-After")
+    raw: Any = headers.get("Retry-After")
     if raw is None:
         try:
-            raw = ((resp.json() or {}).get("details") or {}).get("retryAfterSeconds")
-        except ValueError:
+            raw = ((json.loads(data) or {}).get("details") or {}).get("retryAfterSeconds")
+        except (ValueError, AttributeError):
             raw = None
     try:
         seconds = float(raw) if raw is not None else 1.0

@@ -55,13 +55,22 @@ def build_registry(reconciler: Reconciler, config: KubeConfig, namespaces: list[
             if task is not None:
                 task.cancel()
 
+    warned: list[bool] = []
+
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
+    async def login(**_: Any) -> kopf.ConnectionInfo:
         # In a pod too: the API server from $KUBERNETES_SERVICE_HOST/PORT and the mounted token, as the official
-        # client reads them (config.token() re-reads a rotated token at each re-login). Not
-        # kopf.login_with_service_account(): it needs cluster DNS for https://kubernetes.default.svc (found by the
-        # e2e run on the box, where every in-cluster login failed and the operator never reconciled).
-        token = config.token()
+        # client reads them (config.token() re-reads a rotated token, re-runs an expired exec plugin: kopf logs in
+        # again on a 401 and at the expiration given here). Not kopf.login_with_service_account(): it needs
+        # cluster DNS for https://kubernetes.default.svc (found by the e2e run on the box, where every in-cluster
+        # login failed and the operator never reconciled).
+        token = await config.token()
+        if config.tls_server_name and not warned:
+            warned.append(True)
+            logging.getLogger("infernetes.kube").warning(
+                "the kubeconfig sets tls-server-name [%s]: the operator's and the gateway's own calls use it, kopf's "
+                "watches cannot (kopf has no such setting) and check the certificate against [%s]",
+                config.tls_server_name, config.host)
         return kopf.ConnectionInfo(
             server=config.host,
             ca_path=config.ca_file,
@@ -71,6 +80,8 @@ def build_registry(reconciler: Reconciler, config: KubeConfig, namespaces: list[
             certificate_path=config.cert_file,
             private_key_path=config.key_file,
             default_namespace=config.namespace,
+            proxy_url=config.proxy,
+            expiration=config.token_expiry(),
         )
 
     for cr_plural in CR_PLURALS:

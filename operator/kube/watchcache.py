@@ -13,9 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from .client import Kube, resource_path
+from .client import Kube, KubeError, resource_path
 
 log = logging.getLogger("infernetes.watchcache")
 
@@ -87,36 +85,30 @@ class WatchCache:
                   "timeoutSeconds": str(self.timeout_s)}
         if self._version:
             params["resourceVersion"] = self._version
-        headers = {"Accept": "application/json"}
-        token = self.kube.config.token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         path = resource_path(self.api_version, self.plural, self.namespace)
-        async with self.kube.http.stream("GET", path, params=params, headers=headers,
-                                         timeout=httpx.Timeout(10.0, read=self.timeout_s + 30)) as resp:
-            if resp.status_code == 410:
+        events = self.kube.watch(path, params, read_timeout_s=self.timeout_s + 30)
+        try:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            return True
+                        raise RuntimeError(f"watch {path}: {obj.get('message')}")
+                    version = (obj.get("metadata") or {}).get("resourceVersion")
+                    if version:
+                        self._version = version
+                    if kind == "BOOKMARK":
+                        continue
+                    obj = self._typed(obj)
+                    key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+                    if kind == "DELETED":
+                        self.objects.pop(key, None)
+                    else:
+                        self.objects[key] = obj
+                    self.on_change()
+        except KubeError as exc:
+            if exc.code == 410:
                 return True
-            if resp.status_code >= 400:
-                raise RuntimeError(f"watch {path}: {resp.status_code}")
-            async for line in resp.aiter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        return True
-                    raise RuntimeError(f"watch {path}: {obj.get('message')}")
-                version = (obj.get("metadata") or {}).get("resourceVersion")
-                if version:
-                    self._version = version
-                if kind == "BOOKMARK":
-                    continue
-                obj = self._typed(obj)
-                key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-                if kind == "DELETED":
-                    self.objects.pop(key, None)
-                else:
-                    self.objects[key] = obj
-                self.on_change()
+            raise
         return False

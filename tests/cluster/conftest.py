@@ -87,7 +87,7 @@ def admin(cluster_box: ClusterBox) -> Iterator[httpx.Client]:
 def sa_config(box: ClusterBox, service_account: str = OPERATOR_SA) -> KubeConfig:
     """Client settings authenticating as one of the chart's ServiceAccounts."""
     token = box.token_for(RELEASE_NS, service_account)
-    return KubeConfig(host=box.url, token=lambda: token, ca_file=str(box.ca_path), namespace=NS)
+    return KubeConfig.for_token(box.url, lambda: token, ca_file=str(box.ca_path), namespace=NS)
 
 
 def operator_settings(**overrides: Any) -> OperatorSettings:

@@ -34,7 +34,7 @@ def gapi(gbox: ClusterBox) -> Iterator[httpx.Client]:
 
 def kube_config(box: ClusterBox, token: str | None = None) -> KubeConfig:
     value = token or box.admin_token
-    return KubeConfig(host=box.url, token=lambda: value, ca_file=str(box.ca_path), namespace=NS)
+    return KubeConfig.for_token(box.url, lambda: value, ca_file=str(box.ca_path), namespace=NS)
 
 
 @pytest.fixture

@@ -42,8 +42,8 @@ async def test_429_retry_after_is_honoured(cluster_box: ClusterBox) -> None:
     """API priority and fairness answers 429 with Retry-After: the client waits and tries again."""
     import time
 
-    kube = Kube(KubeConfig(host=cluster_box.url, token=lambda: cluster_box.admin_token,
-                           ca_file=str(cluster_box.ca_path)))
+    kube = Kube(KubeConfig.for_token(cluster_box.url, lambda: cluster_box.admin_token,
+                                     ca_file=str(cluster_box.ca_path)))
     try:
         cluster_box.faults.inject("429", count=2, resource="namespaces", verb="get", retry_after=1)
         began = time.monotonic()

@@ -33,8 +33,8 @@ def cluster() -> Iterator[ClusterBox]:
 
 @pytest.fixture
 async def kube(cluster: ClusterBox) -> AsyncIterator[Kube]:
-    client = Kube(KubeConfig(host=cluster.url, token=lambda: cluster.admin_token, ca_file=str(cluster.ca_path),
-                             namespace=NS))
+    client = Kube(KubeConfig.for_token(cluster.url, lambda: cluster.admin_token, ca_file=str(cluster.ca_path),
+                                       namespace=NS))
     yield client
     await client.close()
 

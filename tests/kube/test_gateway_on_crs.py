@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def kube_config(cluster_box: ClusterBox) -> KubeConfig:
-    return KubeConfig(host=cluster_box.url, token=lambda: cluster_box.admin_token, ca_file=str(cluster_box.ca_path),
-                      namespace=NS)
+    return KubeConfig.for_token(cluster_box.url, lambda: cluster_box.admin_token, ca_file=str(cluster_box.ca_path),
+                                namespace=NS)
 
 
 @pytest.fixture
