@@ -34,8 +34,9 @@ serve: venv
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# The benchmark (about 25 minutes): bench/results/benchmark.json and its plots, then README's figures rendered
-# from it (see README, Benchmarks). The load generator is Debian's wrk, installed here when missing and apt-get
+# The benchmark (about 25 minutes): bench/results/benchmark.json and its plots, the cluster-overhead figures on
+# the cluster box (bench/results/cluster_overhead.json, about 3 minutes), then README's figures rendered
+# from them (see README, Benchmarks). The load generator is Debian's wrk, installed here when missing and apt-get
 # can (as root); the JSON records which generator ran (aiohttp is the fallback). ARGS go to bench/run.py.
 bench: venv
 	@command -v wrk >/dev/null || { \
@@ -44,6 +45,8 @@ bench: venv
 	  else echo "wrk missing and not root: the benchmark falls back to aiohttp (apt-get install wrk)"; fi; }
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(VENV)/bin/python bench/run.py $(ARGS)
+	@if [ -x /usr/bin/kubectl ]; then $(VENV)/bin/python bench/cluster_overhead.py; \
+	else echo "kubectl missing: the cluster-overhead benchmark (bench/cluster_overhead.py) is skipped"; fi
 	$(VENV)/bin/python bench/readme.py --write
 
 clean:

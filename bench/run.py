@@ -155,10 +155,11 @@ def load_generator() -> dict[str, Any]:
 
 
 def closed_loop(url: str, path: str, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
-                server_pids: list[int]) -> dict[str, Any]:
+                server_pids: list[int], headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Requests back to back from `concurrency` connections; returns requests/s, latency percentiles and, when
     ``server_pids`` is given (the server's process tree, its root first), the CPU seconds of that whole tree
-    during the window, re-read from /proc at both ends so that processes started or ended meanwhile count."""
+    during the window, re-read from /proc at both ends so that processes started or ended meanwhile count.
+    ``headers`` go with every request (e.g. a credential)."""
     with cost.CpuMeter(server_pids[0] if server_pids else None) as meter:
         t0 = time.monotonic()
         if shutil.which("wrk"):
@@ -167,7 +168,8 @@ def closed_loop(url: str, path: str, payloads: list[dict[str, Any]], concurrency
             try:
                 out = subprocess.run([*PIN.prefix(PIN.load_generator), "wrk", "-t1", f"-c{concurrency}",
                                       f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(WRK_LUA), url,
-                                      "--", f.name, path], capture_output=True, text=True, check=True).stdout
+                                      "--", f.name, path, *(f"{k}: {v}" for k, v in (headers or {}).items())],
+                                     capture_output=True, text=True, check=True).stdout
             finally:
                 os.unlink(f.name)
             data = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
@@ -176,7 +178,7 @@ def closed_loop(url: str, path: str, payloads: list[dict[str, Any]], concurrency
                       "p50_ms": data["p50_us"] / 1000, "p95_ms": data["p95_us"] / 1000,
                       "p99_ms": data["p99_us"] / 1000}
         else:
-            result = asyncio.run(_aiohttp_loop(url + path, payloads, concurrency, seconds))
+            result = asyncio.run(_aiohttp_loop(url + path, payloads, concurrency, seconds, headers))
         elapsed = time.monotonic() - t0
     if meter.seconds is not None:
         result["server_cpu_s"] = round(meter.seconds, 3)
@@ -186,13 +188,14 @@ def closed_loop(url: str, path: str, payloads: list[dict[str, Any]], concurrency
     return result
 
 
-async def _aiohttp_loop(url: str, payloads: list[dict[str, Any]], concurrency: int, seconds: float) -> dict[str, Any]:
+async def _aiohttp_loop(url: str, payloads: list[dict[str, Any]], concurrency: int, seconds: float,
+                        headers: dict[str, str] | None = None) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
     stop = time.monotonic() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=headers) as session:
         async def client(k: int) -> None:
             nonlocal errors
             i = k

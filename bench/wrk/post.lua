@@ -1,10 +1,12 @@
 -- wrk script for the benchmark (bench/run.py): POSTs JSON bodies in turn and prints one machine-readable line.
 --   wrk -t1 -c8 -d8s -s bench/wrk/post.lua http://127.0.0.1:9200 -- BODIES_FILE PATH
+--   wrk ... -- BODIES_FILE PATH "Authorization: ApiKey ..."      (more arguments: headers sent with every request)
 -- BODIES_FILE holds one JSON body per line; PATH is the request path (e.g. /_inference/text_embedding/x).
 -- At the end it prints `RESULT {...}`: requests, duration, errors (non-2xx and socket) and latency percentiles.
 
 local bodies = {}
 local path = "/"
+local headers = { ["Content-Type"] = "application/json" }
 local i = 0
 
 function init(args)
@@ -14,6 +16,13 @@ function init(args)
     end
   end
   path = args[2]
+  for k = 3, #args do
+    local name, value = string.match(args[k], "^([^:]+):%s*(.*)$")
+    if name == nil then
+      error("not a header (Name: value): " .. args[k])
+    end
+    headers[name] = value
+  end
   if #bodies == 0 then
     error("no request bodies in " .. args[1])
   end
@@ -21,7 +30,7 @@ end
 
 function request()
   i = i + 1
-  return wrk.format("POST", path, { ["Content-Type"] = "application/json" }, bodies[(i % #bodies) + 1])
+  return wrk.format("POST", path, headers, bodies[(i % #bodies) + 1])
 end
 
 function done(summary, latency, requests)
