@@ -27,7 +27,7 @@ from ..autoscaler import AutoscalerSettings, Sample, decide, parse_metrics
 from ..runtime.autoscaling import AutoscalerMetrics
 from . import API_VERSION, DEPLOYMENTS, ENDPOINTS, GROUP
 from .operator import Reconciler, post_event
-from .planner import selector_string, workload_name
+from .planner import workload_name
 
 log = logging.getLogger("infernetes.autoscaler")
 PERSIST_EVERY_S = 15.0  # the smoothing state is written at least this often (and on every change)
@@ -117,7 +117,8 @@ class ClusterAutoscaler:
         scaled = 0
         for namespace in self.namespaces or [None]:  # type: ignore[list-item]
             for plural in (ENDPOINTS, DEPLOYMENTS):
-                for cr in await self.kube.list(API_VERSION, plural, namespace):
+                # The operator's watch cache when it has one: a round costs no API read, only the writes it decides.
+                for cr in await self.reconciler.read_crs(namespace, plural):
                     if cr["metadata"].get("deletionTimestamp"):
                         continue
                     with contextlib.suppress(Exception):
@@ -131,11 +132,11 @@ class ClusterAutoscaler:
             return 0
         namespace = cr["metadata"]["namespace"]
         name = workload_name(dep.deployment_id)
-        workload = await self.kube.get("apps/v1", "deployments", namespace, name)
+        workload = await self.reconciler.read_child("deployments", namespace, name)
         if workload is None:
             return 0
         current = int(workload["spec"].get("replicas") or 0)
-        pods = await self.kube.list("v1", "pods", namespace, selector_string(dep.deployment_id))
+        pods = await self.reconciler.read_pods(namespace, dep.deployment_id)
         ready = [p for p in pods if _ready(p)]
         samples = [s for s in await asyncio.gather(*(self._sample(p) for p in ready)) if s is not None]
         previous = (cr.get("status") or {}).get("autoscaler") or {}

@@ -191,18 +191,18 @@ class Reconciler:
 
     # -- reads: the cache when there is one ----------------------------------------------------
 
-    async def _crs(self, namespace: str, plural: str) -> list[dict[str, Any]]:
+    async def read_crs(self, namespace: str | None, plural: str) -> list[dict[str, Any]]:
         if self.cache is not None:
             return self.cache.list(plural, namespace)
         kind = ENDPOINT_KIND if plural == ENDPOINTS else DEPLOYMENT_KIND
         return [{**cr, "kind": kind} for cr in await self.kube.list(API_VERSION, plural, namespace)]
 
-    async def _child(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read_child(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         if self.cache is not None:
             return self.cache.get(plural, namespace, name)
         return await self.kube.get(CHILD_KINDS[plural], plural, namespace, name)
 
-    async def _pods(self, namespace: str, deployment_id: str) -> list[dict[str, Any]]:
+    async def read_pods(self, namespace: str, deployment_id: str) -> list[dict[str, Any]]:
         if self.cache is not None:
             return self.cache.labelled("pods", namespace, label_value(deployment_id))
         return await self.kube.list("v1", "pods", namespace, selector_string(deployment_id))
@@ -247,7 +247,7 @@ class Reconciler:
                     f"[{dep.deployment_id}] exists ({clash['kind']} {clash['metadata']['name']})"))
                 found.permanent = False
                 return found
-            existing = await self._child("deployments", namespace, workload_name(dep.deployment_id))
+            existing = await self.read_child("deployments", namespace, workload_name(dep.deployment_id))
             threads = _threads_of(existing)
             if threads is not None and threads != dep.num_threads and \
                     controller_uid(existing) == body["metadata"].get("uid"):
@@ -273,11 +273,11 @@ class Reconciler:
     async def owner_of(self, namespace: str, deployment_id: str) -> dict[str, Any] | None:
         """The resource that provides a deployment id: the live workload's controller when it still asks for
         it (a live controller reference is never taken over), else the earliest created, then by name."""
-        candidates = [cr for plural in CR_PLURALS for cr in await self._crs(namespace, plural)
+        candidates = [cr for plural in CR_PLURALS for cr in await self.read_crs(namespace, plural)
                       if not cr["metadata"].get("deletionTimestamp") and own_deployment_id(cr) == deployment_id]
         if not candidates:
             return None
-        workload = await self._child("deployments", namespace, workload_name(deployment_id))
+        workload = await self.read_child("deployments", namespace, workload_name(deployment_id))
         uid = controller_uid(workload)
         for cr in candidates:
             if uid is not None and cr["metadata"].get("uid") == uid:
@@ -287,7 +287,7 @@ class Reconciler:
     async def dependents(self, namespace: str, deployment_id: str, exclude_uid: str | None) -> list[str]:
         """Endpoints that attach to a deployment they do not own."""
         out = []
-        for cr in await self._crs(namespace, ENDPOINTS):
+        for cr in await self.read_crs(namespace, ENDPOINTS):
             if cr["metadata"].get("uid") == exclude_uid or cr["metadata"].get("deletionTimestamp"):
                 continue
             spec = cr.get("spec") or {}
@@ -309,7 +309,7 @@ class Reconciler:
         namespace = body["metadata"]["namespace"]
         uid = body["metadata"]["uid"]
         name = workload_name(dep.deployment_id)
-        existing = await self._child("deployments", namespace, name)
+        existing = await self.read_child("deployments", namespace, name)
         current = (existing or {}).get("spec", {}).get("replicas")
         scaled = (body.get("status") or {}).get("autoscaler", {}).get("target")
         if dep.adaptive_enabled and existing is None and isinstance(scaled, int):
@@ -325,7 +325,7 @@ class Reconciler:
         changes = []
         for manifest in workload.manifests:
             plural_of = PLURALS[(manifest["apiVersion"], manifest["kind"])]
-            live = await self._child(plural_of, namespace, manifest["metadata"]["name"])
+            live = await self.read_child(plural_of, namespace, manifest["metadata"]["name"])
             if live is not None and controller_uid(live) not in (None, uid):
                 # Another (or a deleted) resource's: the owner was decided above, so this one is being
                 # garbage-collected with its deleted owner. Never rewrite a controller reference: replace it.
@@ -352,8 +352,8 @@ class Reconciler:
         dep_id = found.deployment_id
         workload = pods = None
         if dep_id and found.problem is None:
-            workload = await self._child("deployments", namespace, workload_name(dep_id))
-            pods = await self._pods(namespace, dep_id)
+            workload = await self.read_child("deployments", namespace, workload_name(dep_id))
+            pods = await self.read_pods(namespace, dep_id)
         target = ((workload or {}).get("spec") or {}).get("replicas") or 0
         model_id = found.deployment.model_id if found.deployment else None
         if model_id is None and workload is not None:

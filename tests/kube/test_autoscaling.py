@@ -17,7 +17,7 @@ from infernetes.operator.autoscaler import AutoscalerSettings
 from infernetes.operator.kube import API_VERSION, ENDPOINTS
 from infernetes.operator.kube.autoscaling import ClusterAutoscaler, scale_from_zero
 from infernetes.operator.kube.client import Kube, KubeConfig
-from infernetes.operator.kube.operator import Reconciler
+from infernetes.operator.kube.operator import ClusterCache, Reconciler
 from infernetes.operator.kube.planner import workload_name
 
 NS = "search"
@@ -141,6 +141,52 @@ async def test_scales_on_scripted_load_and_survives_a_restart(kube, operator_set
         await asyncio.sleep(0.3)
         await forgetful.tick()
         assert await replicas(kube, "elastic") == 1
+    finally:
+        await worker.stop()
+
+
+async def test_a_round_reads_the_operators_cache_not_the_api(kube, operator_settings, cluster):
+    """Issue 12 #13: with the operator's watch cache, an autoscaling round costs no API read whatever the number
+    of adaptive endpoints (it listed every resource, then got each workload and listed its pods, every tick)."""
+    worker = ScriptedWorker()
+    await worker.start()
+    try:
+        cache = ClusterCache()
+        reconciler = Reconciler(kube, operator_settings, cache=cache)
+        for name in ("first", "second"):
+            await kube.create(API_VERSION, ENDPOINTS, NS, adaptive(name, 1, 4))
+            await Reconciler(kube, operator_settings).reconcile(ENDPOINTS, await kube.get(API_VERSION, ENDPOINTS, NS,
+                                                                                          name))
+            dep = await kube.get("apps/v1", "deployments", NS, workload_name(name))
+            await kube.create("v1", "pods", NS, {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{name}-0", "namespace": NS,
+                             "labels": dep["spec"]["template"]["metadata"]["labels"]},
+                "spec": {"containers": [{"name": "worker", "image": "x", "ports": [
+                    {"name": "http", "containerPort": worker.port}]}]}})
+            await kube.patch("v1", "pods", NS, f"{name}-0", {"status": {
+                "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+                subresource="status")
+        autoscaler = ClusterAutoscaler(reconciler, [NS], SETTINGS)
+        reads: list[tuple] = []
+
+        async def tick() -> int:
+            await cache.fill(kube, [NS])  # what the operator's watches would hold by now
+            before = len(cluster.requests())
+            scaled = await autoscaler.tick()
+            reads.extend(r for r in cluster.requests()[before:] if r[0] in ("get", "list", "watch"))
+            return scaled
+
+        worker.busy = 0.3  # one allocation is right: nothing to change
+        await tick()
+        await asyncio.sleep(0.3)
+        assert await tick() == 0
+        # It still decides from what it samples: more work scales both endpoints.
+        worker.busy = 1.8
+        await asyncio.sleep(0.3)
+        assert await tick() == 2
+        assert reads == [], reads
+        assert await replicas(kube, "first") > 1 and await replicas(kube, "second") > 1
     finally:
         await worker.stop()
 
