@@ -378,14 +378,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run(args.namespace or [], host=args.host, port=args.port, gateway=not args.no_gateway,
                kubeconfig=args.kubeconfig, config_path=args.config, liveness_port=args.liveness_port,
                log_level=args.log_level, lease_name=args.leader_election_lease,
-               lease_namespace=args.leader_election_namespace)
+               lease_namespace=args.leader_election_namespace, access_log=args.access_log)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     from .kube.main import run_gateway
 
     return run_gateway(args.namespace, host=args.host, port=args.port, kubeconfig=args.kubeconfig,
-                       config_path=args.config, log_level=args.log_level)
+                       config_path=args.config, log_level=args.log_level, access_log=args.access_log)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -493,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("--liveness-port", type=int, help="serve kopf's liveness probe on this port")
     op.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="log level of the operator and the gateway (default info)")
+    op.add_argument("--access-log", action="store_true", help="the gateway logs every HTTP request")
     op.add_argument("--leader-election-lease", metavar="NAME",
                     help="lead through this coordination.k8s.io Lease: only its holder reconciles, so several "
                     "replicas are safe (default: no election, a single replica)")
@@ -509,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--config", type=Path, help="operator settings file (default $INFERNETES_OPERATOR_CONFIG)")
     gw.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                     help="log level (default info)")
+    gw.add_argument("--access-log", action="store_true", help="log every HTTP request")
     gw.set_defaults(func=cmd_gateway)
 
     crd = sub.add_parser("crd", help="print the CustomResourceDefinitions (generated from the spec models)")

@@ -176,7 +176,7 @@ def _lease(config: KubeConfig, name: str | None, namespace: str | None) -> Lease
 
 def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfig: str | None,
         config_path: Path | None, liveness_port: int | None, log_level: str, lease_name: str | None = None,
-        lease_namespace: str | None = None) -> int:
+        lease_namespace: str | None = None, access_log: bool = False) -> int:
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -196,7 +196,8 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
             app = build_cluster_app(config, namespace, settings,
                                     GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()),
                                     metrics=metrics)
-            uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+            uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                        timeout_graceful_shutdown=30)
         else:
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -211,8 +212,10 @@ def run(namespaces: list[str], *, host: str, port: int, gateway: bool, kubeconfi
 
 
 def run_gateway(namespace: str | None, *, host: str, port: int, kubeconfig: str | None, config_path: Path | None,
-                log_level: str) -> int:
-    """The gateway alone (its own Deployment): no operator, no leader election; any number of replicas."""
+                log_level: str, access_log: bool = False) -> int:
+    """The gateway alone (its own Deployment): no operator, no leader election; any number of replicas. No access
+    log unless asked (as `infernetes serve`): a line per request was 4% of the gateway's CPU under short-input
+    load (py-spy, bench/cluster_overhead.py)."""
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -221,5 +224,5 @@ def run_gateway(namespace: str | None, *, host: str, port: int, kubeconfig: str 
     namespace = namespace or _gateway_namespace(config, [])
     app = build_cluster_app(config, namespace, settings,
                             GatewaySettings(cluster_name=f"infernetes-{namespace}", auth=gateway_auth()))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=30)
     return 0
