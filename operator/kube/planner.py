@@ -204,8 +204,10 @@ def plan(
         "env": worker_env,
         "ports": [{"name": "http", "containerPort": settings.worker_port, "protocol": "TCP"}],
         "resources": _resources(threads, memory, low, settings, placement),
-        # Patient enough for loading a large model; readiness then follows the model, liveness the process.
-        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": max(1, settings.startup_timeout_s // 5)},
+        # Patient enough for loading a large model, and asked every second, so that a pod is Ready (and a request
+        # held at zero allocations answered) within a second of its model loading; readiness then follows the
+        # model, liveness the process.
+        "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": max(1, settings.startup_timeout_s)},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
                           "failureThreshold": 6, "timeoutSeconds": 5},

@@ -65,6 +65,8 @@ def test_pods_are_locked_down_and_probed():
     (worker,) = pod["containers"]
     assert worker["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert worker["startupProbe"]["failureThreshold"] * worker["startupProbe"]["periodSeconds"] >= 600
+    # A loaded model is seen at once (scale from zero holds requests meanwhile), not up to a long period later.
+    assert worker["startupProbe"]["periodSeconds"] == 1
     (pull,) = pod["initContainers"]
     assert pull["command"][:4] == ["infernetes", "models", "ensure", ".multilingual-e5-small"]
     assert {v["name"] for v in pod["volumes"]} == {"model-cache", "tmp"}
