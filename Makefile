@@ -45,7 +45,7 @@ bench: venv
 	  else echo "wrk missing and not root: the benchmark falls back to aiohttp (apt-get install wrk)"; fi; }
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(VENV)/bin/python bench/run.py $(ARGS)
-	@if [ -x /usr/bin/kubectl ]; then $(VENV)/bin/python bench/cluster_overhead.py; \
+	@if [ -x /usr/bin/kubectl ]; then $(VENV)/bin/python bench/cluster_overhead.py --profile 10; \
 	else echo "kubectl missing: the cluster-overhead benchmark (bench/cluster_overhead.py) is skipped"; fi
 	$(VENV)/bin/python bench/readme.py --write
 

@@ -217,6 +217,13 @@ def cluster_overhead(r: dict[str, Any]) -> str:
                 f"request straight to the worker ÷ through the gateway (gateway pods + worker): "
                 f"×{_f(r.get('cost_ratio_direct_to_gateway'))}, the throughput ratio to expect where the cores rather "
                 "than the worker's model thread are the limit.", ""]
+    prof = r.get("gateway_profile") or {}
+    if prof.get("self"):
+        top = ", ".join(f"`{f}` {100 * x:.0f}%" for f, x in prof["self"][:6])
+        out += [f"Where the gateway pod's CPU goes (py-spy, non-blocking, {prof['seconds']:g} s of the same load, "
+                f"{prof['samples']} samples; the share of samples by the function running): {top}. Python frames "
+                "only: time in system calls (socket writes) and in the event loop's C code is charged to the frame "
+                "that called them.", ""]
     return "\n".join(out)
 
 
