@@ -88,6 +88,18 @@ def adaptive(name: str, lo: int, hi: int) -> dict:
                                          "max_number_of_allocations": hi}}}}
 
 
+async def ready_pod(kube: Kube, name: str, port: int) -> None:
+    """A Ready pod of endpoint `name`'s workload (this box runs no kubelet) whose metrics are at `port`."""
+    dep = await kube.get("apps/v1", "deployments", NS, workload_name(name))
+    await kube.create("v1", "pods", NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{name}-0", "namespace": NS, "labels": dep["spec"]["template"]["metadata"]["labels"]},
+        "spec": {"containers": [{"name": "worker", "image": "x", "ports": [{"name": "http", "containerPort": port}]}]}})
+    await kube.patch("v1", "pods", NS, f"{name}-0", {"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+        subresource="status")
+
+
 async def replicas(kube, name):
     return (await kube.get("apps/v1", "deployments", NS, workload_name(name)))["spec"]["replicas"]
 
@@ -101,15 +113,7 @@ async def test_scales_on_scripted_load_and_survives_a_restart(kube, operator_set
         cr = await kube.get(API_VERSION, ENDPOINTS, NS, "elastic")
         await reconciler.reconcile(ENDPOINTS, cr)
         assert await replicas(kube, "elastic") == 1
-        dep = await kube.get("apps/v1", "deployments", NS, workload_name("elastic"))
-        await kube.create("v1", "pods", NS, {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "elastic-0", "namespace": NS, "labels": dep["spec"]["template"]["metadata"]["labels"]},
-            "spec": {"containers": [{"name": "worker", "image": "x", "ports": [{"name": "http",
-                                                                              "containerPort": worker.port}]}]}})
-        await kube.patch("v1", "pods", NS, "elastic-0", {"status": {
-            "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
-            subresource="status")
+        await ready_pod(kube, "elastic", worker.port)
 
         autoscaler = ClusterAutoscaler(reconciler, [NS], SETTINGS)
         worker.busy = 1.8  # 1.8 allocations' worth of work: ceil(1.8 / 0.75) = 3
@@ -157,16 +161,7 @@ async def test_a_round_reads_the_operators_cache_not_the_api(kube, operator_sett
             await kube.create(API_VERSION, ENDPOINTS, NS, adaptive(name, 1, 4))
             await Reconciler(kube, operator_settings).reconcile(ENDPOINTS, await kube.get(API_VERSION, ENDPOINTS, NS,
                                                                                           name))
-            dep = await kube.get("apps/v1", "deployments", NS, workload_name(name))
-            await kube.create("v1", "pods", NS, {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{name}-0", "namespace": NS,
-                             "labels": dep["spec"]["template"]["metadata"]["labels"]},
-                "spec": {"containers": [{"name": "worker", "image": "x", "ports": [
-                    {"name": "http", "containerPort": worker.port}]}]}})
-            await kube.patch("v1", "pods", NS, f"{name}-0", {"status": {
-                "phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
-                subresource="status")
+            await ready_pod(kube, name, worker.port)
         autoscaler = ClusterAutoscaler(reconciler, [NS], SETTINGS)
         reads: list[tuple] = []
 
