@@ -177,6 +177,41 @@ def kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+# Set to a test's own value, it marks every process the test starts, however detached: the environment is
+# inherited through new sessions, double forks and zygotes, and stays when a process is reparented to init.
+TAG_ENV = "INFERNETES_TEST_PROCESS_TAG"
+
+
+def tagged_processes(tag: str) -> list[Any]:
+    """The live processes (this one aside) whose environment carries ``TAG_ENV=tag``."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and \
+                    proc.environ().get(TAG_ENV) == tag:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def reap_tagged(tag: str, ceiling: float = 60.0) -> list[str]:
+    """Wait for the processes tagged ``tag`` to end on their own (a worker notices its parent gone within a
+    second or two; ``ceiling`` is for a stuck one, never a pace), then SIGKILL those left and return their
+    command lines."""
+    import psutil
+
+    _, alive = psutil.wait_procs(tagged_processes(tag), timeout=ceiling)
+    left = []
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            left.append(" ".join(proc.cmdline()[:4]))
+            proc.kill()
+    return left
+
+
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> Any:
     """Poll until the predicate returns something true, and return it; the timeout is a ceiling for a stuck
     system, never a pace."""

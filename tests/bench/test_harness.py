@@ -14,10 +14,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import kill_process_group, run_process_group
+from helpers import kill_process_group, killed_with_parent, reap_tagged, run_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+# Every test here is checked for processes it left running (tests/bench/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_process_left")]
 
 
 def test_benchmark_quick(tmp_path, reranker_dir):
@@ -80,7 +81,7 @@ def test_a_killed_benchmark_leaves_no_server_behind(tmp_path):
     """The harness dies by SIGKILL (a CI time-out) while its server runs: the server must not outlive it."""
     bench = subprocess.Popen([sys.executable, "-P", str(ROOT / "bench" / "autoscale_step.py"), "--quick",
                               "--out", str(tmp_path / "step.json")], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+                             stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=killed_with_parent)
     servers: list[psutil.Process] = []
     try:
         harness = psutil.Process(bench.pid)
@@ -99,6 +100,33 @@ def test_a_killed_benchmark_leaves_no_server_behind(tmp_path):
                 server.kill()
         kill_process_group(bench.pid)
         bench.wait()
+
+
+# A harness that fails while its server runs, and that neither stops it nor ties it to itself.
+FAILING_HARNESS = """
+import subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from common import EXE, free_port, wait_http
+port = free_port()
+subprocess.Popen([str(EXE), "serve", "--data-dir", sys.argv[2], "--port", str(port)],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+wait_http(f"http://127.0.0.1:{port}/")
+print("serving", flush=True)
+sys.exit("the benchmark failed")
+"""
+
+
+def test_a_harness_that_fails_with_its_server_up_leaves_no_process(tmp_path, no_process_left):
+    proc = run_process_group([sys.executable, "-P", "-c", FAILING_HARNESS, str(ROOT / "bench"), str(tmp_path)],
+                             timeout=300)
+    assert proc.returncode == 1 and proc.stdout.strip() == "serving", proc.stderr[-3000:]
+    assert not reap_tagged(no_process_left), "the failed harness's server outlived it"
+
+
+def test_the_check_finds_a_detached_process_and_kills_it(no_process_left):
+    subprocess.run(["setsid", "sh", "-c", "sleep 600 & exit 0"], check=True)  # the sleep is reparented to init
+    assert reap_tagged(no_process_left, ceiling=0) == ["sleep 600"]
+    assert not reap_tagged(no_process_left, ceiling=0)
 
 
 def test_autoscale_step_quick(tmp_path):
