@@ -16,6 +16,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
     ('{"a":1}', '{"a":1,"b":2}', False),                                 # nothing more without an ellipsis
     ('{"e":[0.0750,0.0339, ...]}', '{"e":[0.07501715,0.03395,-0.1,0.2]}', True),
     ('{"e":[0.0750, ...]}', '{"e":[0.0770,0.1]}', False),                # off by more than one unit of the last digit
+    ('{"e":[0.07501715,-0.03717222]}', '{"e":[0.07501718,-0.03717234]}', True),  # another CPU's float32
+    ('{"e":[0.07501715]}', '{"e":[0.07503]}', False),                   # more than 0.01 % off
     ('{"s":0.99}', '{"s":0.9812}', True),
     ('{"s":0.99}', '{"s":0.97}', False),
     ('{"t":"Knead the dough, ..."}', '{"t":"Knead the dough, let it rise."}', True),
