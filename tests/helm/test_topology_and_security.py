@@ -48,6 +48,8 @@ def test_the_gateway_is_its_own_deployment_with_replicas_pdb_and_identity():
     pod = gateway["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["infernetes", "gateway"] and c["readinessProbe"]
+    # A starting gateway is seen serving within a second (rollouts wait on it), then probed at the usual pace.
+    assert c["startupProbe"]["periodSeconds"] == 1 and c["startupProbe"]["httpGet"] == c["readinessProbe"]["httpGet"]
     assert pod["serviceAccountName"] == "infernetes-gateway"
     assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {
         "kubernetes.io/hostname", "topology.kubernetes.io/zone"}
