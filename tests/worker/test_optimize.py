@@ -156,16 +156,18 @@ def test_linux_x86_64_ids_serve_an_onnx_variant_made_on_first_use(server, monkey
             for inference_id in ("x86-base", "x86-opt"):
                 client.delete(f"/_inference/text_embedding/{inference_id}")
 
-        # A variant that fails its check is not kept: the base model serves.
+        # A variant that fails its check is not kept: the base model serves. The tiny model again (its variant
+        # removed first): any model fails a check that asks for more than identity, and it exports in a moment.
+        assert store.remove("tiny_linux-x86_64")
         monkeypatch.setattr(optimize_module, "MIN_COSINE", 1.01)
-        resp = put_endpoint(client, "text_embedding", "x86-fail", "minilm_linux-x86_64")
+        resp = put_endpoint(client, "text_embedding", "x86-fail", "tiny_linux-x86_64")
         try:
             assert resp.status_code == 200, resp.text
-            wait_for(lambda: "minilm_linux-x86_64" in runtime.variant_failures, timeout=300, what="the check")
-            assert "drifts" in runtime.variant_failures["minilm_linux-x86_64"]
-            assert store.get("minilm_linux-x86_64") is None
+            wait_for(lambda: "tiny_linux-x86_64" in runtime.variant_failures, timeout=300, what="the check")
+            assert "drifts" in runtime.variant_failures["tiny_linux-x86_64"]
+            assert store.get("tiny_linux-x86_64") is None
             wait_for(lambda: runtime.deployments["x86-fail"].model is not None, timeout=300)
-            assert runtime.deployments["x86-fail"].model.model_id == "minilm"
+            assert runtime.deployments["x86-fail"].model.model_id == "tiny"
             resp = client.post("/_inference/text_embedding/x86-fail", json={"input": "bread"})
             assert resp.status_code == 200, resp.text
         finally:
