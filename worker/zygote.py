@@ -5,14 +5,17 @@ thread pool; each allocation is a ``fork()`` of it, so the weights and the impor
 pages shared copy-on-write (measured: an extra allocation of all-MiniLM-L6-v2 costs ~12 MB private
 memory instead of ~500 MB, and starts in well under a second instead of seconds).
 
-The embedded runtime talks to the zygote over a Unix socket: ``spawn`` messages carry the
-allocation's settings and its listening socket (SCM_RIGHTS); the zygote answers ``spawned``
-with the pid, and reports ``exited`` with the exit code when a worker ends. A zygote whose model
-cannot load exits with code 3; a zygote whose runtime disappears exits, and its workers follow.
+The embedded runtime keeps one zygote per model (and version of its files), shared by every deployment
+of it, so nothing a deployment chooses is loaded here: ``spawn`` messages carry each allocation's
+settings (deployment, threads, batch limits, credential, sockets), its log file and its listening
+socket (SCM_RIGHTS); the zygote answers ``spawned`` with the pid, and reports ``exited`` with the
+exit code when a worker ends. A zygote whose model cannot load exits with code 3; a zygote whose
+runtime disappears exits, and its workers follow.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -24,6 +27,8 @@ from typing import Any
 
 from .config import ENV_PREFIX, WorkerSettings
 from .server import EXIT_MODEL_FAILED, configure_threads
+
+MODULE = "infernetes.worker.zygote"  # how the runtime starts it: in every zygote's and forked worker's command line
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -68,6 +73,11 @@ def run_zygote(model_dir: Path, control_fd: int, termination_log: Path | None) -
             data, fds = None, []
         except OSError:
             data, fds = b"", []
+        if data:
+            try:
+                _serve(engine, data, fds, control, children)
+            except (BrokenPipeError, ConnectionResetError):  # it left while a worker was being forked for it
+                data = b""
         if data == b"":  # the runtime is gone: stop, and let the workers notice their parent left
             for pid in children:
                 try:
@@ -75,24 +85,65 @@ def run_zygote(model_dir: Path, control_fd: int, termination_log: Path | None) -
                 except ProcessLookupError:
                     pass
             return 0
-        if data:
-            for line in data.decode().splitlines():
-                message = json.loads(line)
-                if message.get("op") == "spawn" and fds:
-                    pid = _spawn(engine, message, fds.pop(0), control)
-                    children.add(pid)
-                    _send(control, {"op": "spawned", "id": message["id"], "pid": pid})
-            for fd in fds:
-                os.close(fd)
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            children.discard(pid)
-            _send(control, {"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+        try:
+            _reap(children, control)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the next read sees the runtime gone
+
+
+def _serve(engine: Any, data: bytes, fds: list[int], control: socket.socket, children: set[int]) -> None:
+    """Fork a worker for each ``spawn`` request in ``data``, with the socket that came with it."""
+    try:
+        for line in data.decode().splitlines():
+            message = json.loads(line)
+            if message.get("op") == "spawn" and fds:
+                pid = _spawn(engine, message, fds.pop(0), control)
+                children.add(pid)
+                _send(control, {"op": "spawned", "id": message["id"], "pid": pid})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _reap(children: set[int], control: socket.socket) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        children.discard(pid)
+        _send(control, {"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+def _set_command_line(args: list[str]) -> None:
+    """Show ``args`` as this process's command line (``ps``, /proc/<pid>/cmdline), cut to fit: a forked worker
+    names its own deployment, not the zygote's model. Written over the original arguments' memory, as
+    setproctitle does; the kernel says where that is (fields 48 and 49 of /proc/self/stat). Best effort."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        after_name = stat[stat.rindex(b")") + 2:].split()  # fields from the 3rd on (the name may hold spaces)
+        start, end = int(after_name[45]), int(after_name[46])
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    if start <= 0 or size <= 1:
+        return
+    # One line ended by a NUL, then spaces to the end: a last byte that is not NUL tells the kernel to show the
+    # area up to the first NUL (not the whole area, padding included).
+    text = " ".join(args).encode()[: size - 1] + b"\0"
+    ctypes.memmove(start, text.ljust(size, b" "), size)
+
+
+def _redirect_output(path: str) -> None:
+    """The worker writes to its allocation's log, not the log of a zygote that other deployments share."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _spawn(engine: Any, message: dict[str, Any], fd: int, control: socket.socket) -> int:
@@ -105,7 +156,13 @@ def _spawn(engine: Any, message: dict[str, Any], fd: int, control: socket.socket
     try:
         control.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if message.get("log"):
+            _redirect_output(message["log"])
         settings = _settings({**message["settings"], "fd": fd, "parent_pid": os.getppid()})
+        # `ps` and tests find a deployment's workers by this; the zygote's own arguments name only its model.
+        argv = sys.orig_argv
+        head = argv[: argv.index(MODULE) + 1] if MODULE in argv else [*argv[:1], "-m", MODULE]
+        _set_command_line([*head, "--deployment-id", settings.deployment_id, "--allocation-id", settings.allocation_id])
         engine.num_threads = settings.num_threads  # serve() sets the thread pools' variables
         from .server import serve
 
@@ -127,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--termination-log", type=Path)
-    parser.add_argument("--deployment-id", help="for `ps`: forked workers keep this command line")
+    parser.add_argument("--model-id", help="for `ps` (each forked worker shows its own deployment instead)")
     args = parser.parse_args(argv)
     sys.exit(run_zygote(args.model_dir, args.control_fd, args.termination_log))
 

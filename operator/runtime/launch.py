@@ -1,14 +1,17 @@
 """Starting worker processes for the embedded runtime: forked from a per-model zygote, or spawned.
 
 Both launchers hand back a :class:`WorkerHandle` (pid, wait, signals), so the supervisor does not
-care which one made the process. Forking shares the loaded weights between allocations; spawning
-a fresh interpreter per allocation is the fallback where ``fork`` is unavailable or unwanted.
+care which one made the process. Forking shares the loaded weights between allocations, and between
+deployments of the same model: :class:`Zygotes` keeps one zygote per :class:`ZygoteKey` (what it
+loads), for as long as a deployment uses it. Spawning a fresh interpreter per allocation is the
+fallback where ``fork`` is unavailable or unwanted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -16,8 +19,11 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ...worker.modelstore import ModelInfo
 
 log = logging.getLogger("infernetes.runtime")
 
@@ -88,13 +94,35 @@ class ZygoteFailed(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class ZygoteKey:
+    """What a zygote loads: deployments whose models have equal keys fork their workers from one process.
+
+    The folder alone is not enough: a model re-imported under the same id has new files in the same folder,
+    and a deployment of it must not fork from a zygote that loaded the old ones. So the key holds a digest of
+    the model's manifest (every file's checksum, the backend and its options), read when the deployment
+    started. Everything else that shapes the engine is the server's (its Python, the worker device from its
+    environment); per-allocation settings (threads, batch limits, credential, sockets, logs) go with each spawn.
+    """
+
+    model_dir: Path
+    manifest_digest: str
+
+    @classmethod
+    def of(cls, model: ModelInfo) -> ZygoteKey:
+        manifest = json.dumps(model.manifest(), sort_keys=True, default=str).encode()
+        return cls(model.path.resolve(), hashlib.sha256(manifest).hexdigest())
+
+
 class Zygote:
     """A process that loaded one model and forks workers from it on request."""
 
     def __init__(self, python: str, cwd: Path, model_dir: Path, log_file: Path, termination_log: Path,
-                 deployment_id: str) -> None:
-        self.python, self.cwd, self.model_dir, self.deployment_id = python, cwd, model_dir, deployment_id
+                 model_id: str, key: ZygoteKey | None = None) -> None:
+        self.python, self.cwd, self.model_dir, self.model_id = python, cwd, model_dir, model_id
         self.log_file, self.termination_log = log_file, termination_log
+        self.key = key
+        self.users: set[str] = set()  # the deployments forking from it (Zygotes closes it when none is left)
         self.proc: asyncio.subprocess.Process | None = None
         self.sock: socket.socket | None = None
         self.ready: asyncio.Future[None] | None = None
@@ -112,7 +140,7 @@ class Zygote:
                 self.proc = await asyncio.create_subprocess_exec(
                     self.python, "-P", "-m", "infernetes.worker.zygote", "--model-dir", str(self.model_dir),
                     "--control-fd", str(child.fileno()), "--termination-log", str(self.termination_log),
-                    "--deployment-id", self.deployment_id,
+                    "--model-id", self.model_id,
                     stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, pass_fds=(child.fileno(),),
                     start_new_session=True, cwd=self.cwd,
                 )
@@ -172,7 +200,8 @@ class Zygote:
             if handle is not None:
                 handle._done(message["code"])
 
-    async def launch(self, settings: dict[str, Any], fd: int) -> WorkerHandle:
+    async def launch(self, settings: dict[str, Any], fd: int, log_file: Path | None = None) -> WorkerHandle:
+        """Fork a worker with these settings serving on ``fd``; its output goes to ``log_file`` (else the zygote's)."""
         async with self._lock:
             if self.proc is None or self.proc.returncode is not None:
                 await self._start()
@@ -181,9 +210,16 @@ class Zygote:
         request_id = next(self._ids)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = fut
-        message = json.dumps({"op": "spawn", "id": request_id, "settings": settings}).encode() + b"\n"
-        socket.send_fds(self.sock, [message], [fd])
-        pid = await fut
+        message = {"op": "spawn", "id": request_id, "settings": settings,
+                   **({"log": str(log_file)} if log_file is not None else {})}
+        socket.send_fds(self.sock, [json.dumps(message).encode() + b"\n"], [fd])
+        try:
+            pid = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # Stopped while the fork was on its way (a DELETE during start-up): nobody will hold its handle, and a
+            # zygote other deployments still use lives on, so stop that worker once its pid arrives.
+            fut.add_done_callback(_terminate_spawned)
+            raise
         handle = WorkerHandle(pid)
         self.handles[pid] = handle
         return handle
@@ -203,6 +239,52 @@ class Zygote:
                 await self.proc.wait()
         if self._reader is not None:
             self._reader.cancel()
+        # The reader may never see the end of a socket closed under it: fail what still waits on this zygote (a
+        # launch in flight as the last deployment left) instead of leaving it waiting for ever.
+        closed = ZygoteFailed(0, "the model's zygote process was stopped")
+        for fut in [self.ready, *self.pending.values()]:
+            if fut is not None and not fut.done():
+                fut.set_exception(closed)
+        self.pending.clear()
+
+
+def _terminate_spawned(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(fut.result(), signal.SIGTERM)
+
+
+class Zygotes:
+    """The runtime's zygotes, one per :class:`ZygoteKey`, each kept while a deployment uses it.
+
+    Deployments of the same model fork from one process, so their workers share its weights copy-on-write.
+    A zygote that dies is restarted by the next launch of any of its deployments (all of their workers die
+    with it, and their supervisors restart them); one whose last deployment is released is closed.
+    """
+
+    def __init__(self, python: str, cwd: Path, logs: Path, run_dir: Path) -> None:
+        self.python, self.cwd, self.logs, self.run_dir = python, cwd, logs, run_dir
+        self.by_key: dict[ZygoteKey, Zygote] = {}
+
+    def acquire(self, model: ModelInfo, deployment_id: str) -> Zygote:
+        key = ZygoteKey.of(model)
+        zygote = self.by_key.get(key)
+        if zygote is None:
+            name = f"zygote-{model.model_id}-{key.manifest_digest[:12]}"
+            zygote = Zygote(self.python, self.cwd, model.path, self.logs / f"{name}.log",
+                            self.run_dir / f"{name}.termination", model.model_id, key)
+            self.by_key[key] = zygote
+        zygote.users.add(deployment_id)
+        return zygote
+
+    async def release(self, zygote: Zygote, deployment_id: str) -> None:
+        """``deployment_id`` stopped using ``zygote`` (its workers are already stopped); close it if it was the last."""
+        zygote.users.discard(deployment_id)
+        if zygote.users:
+            return
+        if zygote.key is not None and self.by_key.get(zygote.key) is zygote:
+            del self.by_key[zygote.key]
+        await zygote.close()
 
 
 def fork_supported() -> bool:

@@ -38,7 +38,7 @@ from ..locks import KeyedLocks
 from ..records import Deployment
 from . import AllocationStatus, DeploymentStatus
 from .autoscaling import AutoscalerMetrics, LocalAutoscaler
-from .launch import SpawnLauncher, WorkerHandle, Zygote, ZygoteFailed, fork_supported
+from .launch import SpawnLauncher, WorkerHandle, Zygote, ZygoteFailed, Zygotes, fork_supported
 from .router import Router
 
 log = logging.getLogger("infernetes.runtime")
@@ -119,7 +119,7 @@ class LocalDeployment:
     started_at: float = field(default_factory=time.time)
     held: int = 0
     download: Progress | None = None
-    zygote: Zygote | None = None  # the process that loaded the model and forks its workers
+    zygote: Zygote | None = None  # the process that loaded the model and forks its workers (shared by model)
     retry: asyncio.Task[None] | None = None  # a later _reconcile, after one failed (no file descriptors left)
 
     def ready_urls(self) -> list[str]:
@@ -168,6 +168,7 @@ class LocalRuntime:
         # id waits until the old allocations are gone, instead of reviving a deployment being torn down.
         self._locks = KeyedLocks()
         self.spawner = SpawnLauncher(settings.python, settings.data_dir)
+        self.zygotes = Zygotes(settings.python, settings.data_dir, self.logs, self.run_dir)
         # Created in start(), inside the event loop that serves (asyncio queues bind to one loop).
         self.scale_requests: asyncio.Queue[str] | None = None
         self.autoscaler_metrics = metrics or AutoscalerMetrics()
@@ -229,8 +230,8 @@ class LocalRuntime:
             await dep.notify()
             try:
                 await asyncio.gather(*(self._stop(a) for a in dep.allocations + dep.retiring))
-                if dep.zygote is not None:
-                    await dep.zygote.close()
+                if dep.zygote is not None:  # closed if no other deployment of the same model uses it
+                    await self.zygotes.release(dep.zygote, deployment_id)
             finally:
                 self.deployments.pop(deployment_id, None)
 
@@ -533,12 +534,10 @@ class LocalRuntime:
                                              env={AUTH_TOKEN_ENV: self.credential})
         if dep.zygote is None:
             assert dep.model is not None
-            name = dep.spec.deployment_id
-            dep.zygote = Zygote(self.settings.python, self.settings.data_dir, dep.model.path,
-                                self.logs / f"{name}-zygote.log", self.run_dir / f"{name}-zygote.termination", name)
+            dep.zygote = self.zygotes.acquire(dep.model, dep.spec.deployment_id)
         settings.pop("parent_pid")  # a forked worker watches the zygote, its parent
         settings["auth_token"] = self.credential  # over the zygote's private socket, never a command line
-        return await dep.zygote.launch(settings, alloc.sock.fileno())
+        return await dep.zygote.launch(settings, alloc.sock.fileno(), self.logs / f"{alloc.name}.log")
 
     async def _supervise(self, alloc: Allocation) -> None:
         try:
