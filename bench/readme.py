@@ -154,12 +154,19 @@ def many(r: dict[str, Any]) -> str:
     shared = ""
     if m.get("extra_over_first_pss") is not None:
         shared = (f" Each extra endpoint costs {m['extra_endpoint_pss_mb']:.0f} MB PSS / "
-                  f"{m['extra_endpoint_rss_mb']:.0f} MB RSS and {m['processes_per_endpoint']:.0f} processes, "
+                  f"{m['extra_endpoint_rss_mb']:.0f} MB RSS and {m['processes_per_endpoint']:.0f} "
+                  f"{'process' if m['processes_per_endpoint'] == 1 else 'processes'}, "
                   f"{m['extra_over_first_pss']:.2f}× the first one's {m['first_endpoint_pss_mb']:.0f} MB PSS")
-        shared += (": a full copy of the model and its runtime per deployment — weights are shared between the "
-                   "allocations of one deployment (forked from its zygote), not across deployments of the same "
-                   "model." if m["extra_over_first_pss"] > 0.5 else ": the weights are shared across deployments.")
-    return (f"**Many endpoints**: {m['endpoints']} `text_embedding` endpoints of the same model (MiniLM, each its own "
+        shared += (": a full copy of the model and its runtime per deployment." if m["extra_over_first_pss"] > 0.5
+                   else ": one zygote per model loads the weights, and every deployment of that model forks its "
+                        "workers from it, so they share the weights copy-on-write; an extra endpoint is a worker's "
+                        "own memory (its Python heap, buffers and activations).")
+        if m["steps"][1:]:
+            later = [s["seconds_to_serving"] for s in m["steps"][1:]]
+            shared += f" Endpoints after the first serve within {max(later):.1f} s of their PUT (the first: " \
+                      f"{m['steps'][0]['seconds_to_serving']:.1f} s, loading the model)."
+    when = f" (measured apart from the rows above, {m['measured'][:10]})" if m.get("measured") else ""
+    return (f"**Many endpoints**{when}: {m['endpoints']} `text_embedding` endpoints of the same model (MiniLM, each its own "
             f"deployment of one allocation) on one `infernetes serve`{stopped}: the server's process tree holds "
             f"{last['pss_mb']:,.0f} MB PSS ({last['rss_mb']:,.0f} MB RSS) in {last['processes']} processes, against "
             f"{m['server_alone']['pss_mb']:.0f} MB with none.{shared} Idle for {m['idle_window_s']:.0f} s, the tree "

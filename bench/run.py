@@ -505,6 +505,8 @@ def main() -> None:
     parser.add_argument("--no-infinity", action="store_true", help="skip the Infinity comparison")
     parser.add_argument("--endpoints", type=int, default=20, help="endpoints of one model for the many-endpoints "
                                                                   "figures (0: skip them)")
+    parser.add_argument("--many-endpoints-only", action="store_true",
+                        help="run only the many-endpoints phase and write it into the existing --out file")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="the idle CPU window with those endpoints")
     parser.add_argument("--batch-sizes", help="in-process batch sizes to try (default 1,2,4,8,16,32,64)")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (the test suite runs it)")
@@ -531,6 +533,14 @@ def main() -> None:
     PIN = cost.machine_pinning()
     if PIN.load_generator:  # this process runs the aiohttp fallback and the open-loop load
         os.sched_setaffinity(0, PIN.load_generator)
+    if args.many_endpoints_only:
+        # Only that phase, into the existing result file (the README says when it was measured apart).
+        report = json.loads(args.out.read_text())
+        report["many_endpoints"] = many_endpoints(args.endpoints, args.idle_seconds, args.threads)
+        report["many_endpoints"]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        dump(args.out, report)
+        print(f"many endpoints: { {k: v for k, v in report['many_endpoints'].items() if k != 'steps'} }", flush=True)
+        return
     report: dict[str, Any] = {"benchmark": "infernetes", "machine": machine(), "threads": args.threads,
                               "duration_s": args.duration, "rerank_documents_per_request": RERANK_DOCS,
                               "arguments": " ".join(sys.argv[1:]),
