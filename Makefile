@@ -30,9 +30,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 serve: venv
 	$(VENV)/bin/infernetes serve --demo $(ARGS)
 
-# The whole test suite (CI runs this through .ci/run).
+# The whole test suite (CI runs this through .ci/run), in TEST_WORKERS processes (pytest-xdist), each test file
+# in one of them (its module fixtures, a server or a cluster box, start once). Serially the suite keeps one of
+# 2 cores busy: its time goes to CPU (imports, model loads, inference), not to waiting.
+TEST_WORKERS ?= 2
 test: venv
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The benchmark (about 25 minutes): bench/results/benchmark.json and its plots, the cluster-overhead figures on
 # the cluster box (bench/results/cluster_overhead.json, about 3 minutes), then README's figures rendered
