@@ -113,13 +113,21 @@ def dumps(obj: Any) -> str:
 
 
 def worker_pids(deployment_id: str, parent: int | None = None) -> list[int]:
-    """Worker processes of a deployment: spawned (`-m infernetes.worker`) or forked from its zygote."""
+    """Worker processes of a deployment: spawned (`-m infernetes.worker`) or forked from its zygote. Under
+    pytest-xdist only this test process's (another may run a deployment of the same name): those inheriting its
+    PYTEST_XDIST_WORKER, which a worker keeps when it outlives its parents."""
     import psutil
 
+    xdist = os.environ.get("PYTEST_XDIST_WORKER")
     out = []
     for p in psutil.process_iter(["cmdline", "ppid"]):
         cmd = p.info["cmdline"] or []
         if deployment_id not in cmd:
+            continue
+        try:
+            if xdist is not None and p.environ().get("PYTEST_XDIST_WORKER") != xdist:
+                continue
+        except psutil.Error:
             continue
         try:  # processes come and go while we look
             if p.status() == psutil.STATUS_ZOMBIE:
