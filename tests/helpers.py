@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def tiny_model_server(data_dir: Path, tiny_model_dir: Path) -> Iterator[ServerThread]:
+    """An embedded server on ``data_dir`` with the tiny model imported as "tiny"."""
+    from infernetes.worker.modelstore import ModelStore
+
+    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
+    with ServerThread(data_dir) as srv:
+        yield srv
 
 
 def put_endpoint(client: httpx.Client, task: str, inference_id: str, model_id: str, **settings: Any) -> httpx.Response:

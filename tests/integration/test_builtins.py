@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import ServerThread, es_error, put_endpoint
+from helpers import ServerThread, es_error, put_endpoint, tiny_model_server
 from hubserver import FakeHub
 
 from infernetes.operator.embedded import EmbeddedOptions
@@ -96,11 +96,8 @@ def test_builtin_task_mismatch_downloads_nothing(client, hub):
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, tiny_model_dir):
-    from infernetes.worker.modelstore import ModelStore
-
-    data_dir = tmp_path_factory.mktemp("deployments")
-    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
-    with ServerThread(data_dir) as srv, srv.client(timeout=120) as c:
+    with tiny_model_server(tmp_path_factory.mktemp("deployments"), tiny_model_dir) as srv, \
+            srv.client(timeout=120) as c:
         yield c
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import ServerThread, build_tiny_sentence_model, deployment_stats, wait_for, worker_pids
+from helpers import (ServerThread, build_tiny_sentence_model, deployment_stats, tiny_model_server, wait_for,
+                     worker_pids)
 
 from infernetes.operator.runtime.launch import Zygotes
 from infernetes.operator.runtime.local import LocalRuntime
@@ -22,9 +23,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    data_dir = tmp_path_factory.mktemp("shared-zygotes")
-    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
-    with ServerThread(data_dir) as server:
+    with tiny_model_server(tmp_path_factory.mktemp("shared-zygotes"), tiny_model_dir) as server:
         yield server
 
 

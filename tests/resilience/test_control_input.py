@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ServerThread, deployment_stats, es_error, put_endpoint
+from helpers import ServerThread, deployment_stats, es_error, put_endpoint, tiny_model_server
 
 from infernetes.operator.embedded import EmbeddedOptions
 from infernetes.worker.modelstore import ModelStore
@@ -21,9 +21,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def typed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    data_dir = tmp_path_factory.mktemp("control-input")
-    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
-    with ServerThread(data_dir) as srv, srv.client(timeout=120) as client:
+    with tiny_model_server(tmp_path_factory.mktemp("control-input"), tiny_model_dir) as srv, \
+            srv.client(timeout=120) as client:
         resp = put_endpoint(client, "text_embedding", "typed", "tiny")
         assert resp.status_code == 200, resp.text
         yield srv

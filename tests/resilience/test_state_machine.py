@@ -18,12 +18,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import ServerThread
+from helpers import ServerThread, tiny_model_server
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from infernetes.worker.modelstore import ModelStore
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +33,7 @@ DEPLOYMENT = "shared-dep"
 
 @pytest.fixture(scope="module")
 def state_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    data_dir = tmp_path_factory.mktemp("state-machine")
-    ModelStore(data_dir / "models").import_folder(tiny_model_dir, "tiny")
-    with ServerThread(data_dir) as srv:
+    with tiny_model_server(tmp_path_factory.mktemp("state-machine"), tiny_model_dir) as srv:
         yield srv
 
 
