@@ -135,13 +135,9 @@ def worker_pids(deployment_id: str, parent: int | None = None) -> list[int]:
         cmd = p.info["cmdline"] or []
         if deployment_id not in cmd:
             continue
-        try:
-            if xdist is not None and p.environ().get("PYTEST_XDIST_WORKER") != xdist:
-                continue
-        except psutil.Error:
-            continue
         try:  # processes come and go while we look
-            if p.status() == psutil.STATUS_ZOMBIE:
+            if p.status() == psutil.STATUS_ZOMBIE or \
+                    (xdist is not None and p.environ().get("PYTEST_XDIST_WORKER") != xdist):
                 continue
             spawned = "infernetes.worker" in cmd
             zygote = psutil.Process(p.info["ppid"]) if "infernetes.worker.zygote" in cmd else None

@@ -116,6 +116,7 @@ def _reap(children: set[int], control: socket.socket) -> None:
         children.discard(pid)
         _send(control, {"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
+
 def _set_command_line(args: list[str]) -> None:
     """Show ``args`` as this process's command line (``ps``, /proc/<pid>/cmdline), cut to fit: a forked worker
     names its own deployment, not the zygote's model. Written over the original arguments' memory, as

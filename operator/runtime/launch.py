@@ -118,7 +118,7 @@ class Zygote:
     """A process that loaded one model and forks workers from it on request."""
 
     def __init__(self, python: str, cwd: Path, model_dir: Path, log_file: Path, termination_log: Path,
-                 model_id: str, key: ZygoteKey | None = None) -> None:
+                 model_id: str, key: ZygoteKey) -> None:
         self.python, self.cwd, self.model_dir, self.model_id = python, cwd, model_dir, model_id
         self.log_file, self.termination_log = log_file, termination_log
         self.key = key
@@ -282,7 +282,7 @@ class Zygotes:
         zygote.users.discard(deployment_id)
         if zygote.users:
             return
-        if zygote.key is not None and self.by_key.get(zygote.key) is zygote:
+        if self.by_key.get(zygote.key) is zygote:
             del self.by_key[zygote.key]
         await zygote.close()
 
