@@ -51,10 +51,10 @@ class WorkerMetrics:
             "infernetes_tokenize_seconds", "Tokenisation time per request.", LATENCY_BUCKETS
         )
         self.inference_seconds = histogram(
-            "infernetes_inference_seconds", "Model forward time per batch.", LATENCY_BUCKETS
+            "infernetes_inference_seconds", "Model forward time per forward pass.", LATENCY_BUCKETS
         )
         self.postprocess_seconds = histogram(
             "infernetes_postprocess_seconds", "Post-processing and serialisation time per request.", LATENCY_BUCKETS
         )
-        self.batch_size = histogram("infernetes_batch_size", "Inputs per batch.", SIZE_BUCKETS)
-        self.batch_tokens = histogram("infernetes_batch_tokens", "Padded tokens per batch.", TOKEN_BUCKETS)
+        self.batch_size = histogram("infernetes_batch_size", "Inputs per forward pass.", SIZE_BUCKETS)
+        self.batch_tokens = histogram("infernetes_batch_tokens", "Padded tokens per forward pass.", TOKEN_BUCKETS)

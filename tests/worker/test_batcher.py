@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from infernetes.worker.batcher import Batcher, QueueFull
+from infernetes.worker.batcher import Batcher, QueueFull, plan_forwards
 from infernetes.worker.engine import InferRequest, Job, Segment, TextEmbeddingEngine
 from infernetes.worker.metrics import WorkerMetrics
 from infernetes.worker.modelstore import ModelStore
@@ -209,5 +212,88 @@ def test_a_small_request_does_not_wait_for_all_of_a_long_one():
         b.stop()
         assert small.outputs == [7] and long.outputs == list(range(100, 120))
         assert engine.rows_seen.index(7) <= 2, engine.rows_seen  # right after the batch that was running
+
+    run(main())
+
+
+# -- forward passes of similar lengths ---------------------------------------------------------------
+
+
+def _segments(widths: list[int], rows_each: int = 1) -> list[Segment]:
+    job = Job(request=InferRequest(inputs=["x"]), rows=[], loop=None, future=None)
+    return [Segment(job, list(range(rows_each)), {}, w * rows_each) for w in widths]
+
+
+def _cost(plan: list[list[Segment]], overhead: int) -> int:
+    return sum(max(s.tokens // len(s.rows) for s in part) * sum(len(s.rows) for s in part) + overhead
+               for part in plan)
+
+
+def test_short_queries_of_mixed_lengths_run_as_two_passes():
+    # The benchmark's short queries: 9 to 14 tokens, 30 in one batch (issue 16's measurement).
+    widths = [9] * 4 + [10] * 12 + [11] * 7 + [13] * 4 + [14] * 3
+    segments = _segments(widths[::-1])
+    plan = plan_forwards(segments, 24)
+    assert [sorted({s.tokens for s in part}) for part in plan] == [[9, 10, 11], [13, 14]]
+    assert _cost(plan, 24) < _cost([segments], 24)
+    assert sorted(map(id, (s for part in plan for s in part))) == sorted(map(id, segments))  # each once
+
+
+def test_rows_of_one_length_or_few_rows_stay_in_one_pass():
+    assert len(plan_forwards(_segments([12] * 20), 24)) == 1
+    assert len(plan_forwards(_segments([10, 14]), 24)) == 1  # 4 tokens of padding cost less than a pass
+    assert len(plan_forwards(_segments([9] * 10 + [14] * 10), 10**9)) == 1  # a huge overhead: never split
+
+
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(1, 4)), min_size=1, max_size=9), st.integers(0, 200))
+def test_the_plan_is_the_cheapest_cut_of_the_sorted_segments(spec, overhead):
+    segments = [s for w, n in spec for s in _segments([w], n)]
+    plan = plan_forwards(segments, overhead)
+    ordered = sorted(segments, key=lambda s: s.tokens // len(s.rows))
+    n = len(ordered)
+    best = min(_cost([ordered[a:b] for a, b in zip((0, *cuts), (*cuts, n))], overhead)
+               for k in range(n) for cuts in itertools.combinations(range(1, n), k))
+    assert _cost(plan, overhead) == best
+    assert sorted(map(id, (s for part in plan for s in part))) == sorted(map(id, segments))
+
+
+class WidthEngine(FakeEngine):
+    """Each job's rows are as wide as the job's first row value says (its tens: 93 is 9 tokens)."""
+
+    entered = threading.Event()  # the model thread is in a forward pass
+
+    def forward(self, features):
+        self.entered.set()
+        return super().forward(features)
+
+    def prepare(self, job, max_tokens, max_rows):
+        width = int(job.rows[0]) // 10
+        ids = torch.tensor([[int(r)] * width for r in job.rows])
+        job.segments_left = 1
+        return [Segment(job, list(range(len(job.rows))), {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                        width * len(job.rows))]
+
+
+def test_a_batch_of_mixed_lengths_runs_in_passes_and_answers_every_row():
+    async def main():
+        gate = threading.Event()
+        engine = WidthEngine(gate=gate)
+        b = Batcher(engine, WorkerMetrics("d", "0"), capacity=100, max_batch_tokens=10_000, max_batch_size=100,
+                    forward_overhead_tokens=24)
+        b.start()
+        loop = asyncio.get_running_loop()
+        first = make_job(loop, [50])
+        tasks = [asyncio.create_task(b.submit(first))]
+        await asyncio.to_thread(engine.entered.wait, 30)  # the model thread holds the first job
+        values = [90 + i % 5 for i in range(20)] + [400 + i for i in range(10)]  # 20 rows of 9, 10 rows of 40
+        jobs = [make_job(loop, [v]) for v in values]
+        tasks += [asyncio.create_task(b.submit(j)) for j in jobs]
+        while b._queued_rows < len(jobs):  # all queued behind the first job (gate closed)
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        b.stop()
+        assert [j.outputs for j in jobs] == [[v] for v in values]
+        assert engine.batches[1:] == [(20, 9), (10, 40)]  # not one pass of 30 rows padded to 40
 
     run(main())
