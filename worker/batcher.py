@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .config import WorkerSettings
 from .engine import Engine, Job, Segment, collate
 from .metrics import WorkerMetrics
 
@@ -30,12 +31,8 @@ log = logging.getLogger("infernetes.worker")
 T = TypeVar("T")
 
 
-# A forward pass costs about its padded tokens plus a fixed amount, whatever its size: every weight is read once
-# per pass, and products of few rows run far below the machine's peak. In tokens, on MiniLM with one thread
-# (issue 16): a 10-token input costs as much as ~35 tokens of a large batch, and linear layers of 10, 40, 160
-# and 320 rows reach 0.4, 0.75, 0.9 and 0.95 of the large-matmul speed, which is rows / (rows + 15..25).
-# Counted low, so a batch is split only where the padding it saves is clearly larger.
-FORWARD_OVERHEAD_TOKENS = 24
+# What a forward pass costs beyond its padded tokens (measured: see WorkerSettings.forward_overhead_tokens).
+FORWARD_OVERHEAD_TOKENS: int = WorkerSettings.forward_overhead_tokens
 
 
 class QueueFull(Exception):

@@ -10,6 +10,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "INFERNETES_WORKER_"
 # Settings passed only through the environment (a command line is visible to every local user in `ps`).
@@ -36,6 +37,13 @@ class WorkerSettings:
     max_batch_size: int = 128
     # Batches over this many padded tokens run in slices, so a batch whose requests are all given up stops early.
     cancel_slice_tokens: int = 2048
+    # What one forward pass costs beyond its padded tokens, in tokens: a batch of rows of mixed lengths runs as
+    # the passes of similar lengths that cost least (batcher.plan_forwards); a huge value runs each batch as one.
+    # Every weight is read once per pass and products of few rows run far below the machine's peak: on MiniLM
+    # with one thread (issue 16) a 10-token input costs as much as ~35 tokens of a large batch, and linear layers
+    # of 10, 40, 160 and 320 rows reach 0.4, 0.75, 0.9 and 0.95 of the large-matmul speed (rows / (rows + 15..25)).
+    # Counted low, so that a batch is split only where the padding saved is clearly larger.
+    forward_overhead_tokens: int = 24
     max_inputs: int = 1024
     # Seconds a terminating worker keeps serving the requests it has already accepted.
     drain_timeout: float = 30.0
@@ -65,6 +73,16 @@ class WorkerSettings:
                                 help=f"(env {ENV_PREFIX}{f.name.upper()}; default {shown})")
         args = parser.parse_args(argv)
         return cls(**vars(args))
+
+
+def from_environment(present: set[str]) -> dict[str, Any]:
+    """The settings not in ``present`` that the environment sets (``INFERNETES_WORKER_<NAME>``), typed."""
+    out: dict[str, Any] = {}
+    for f in fields(WorkerSettings):
+        raw = os.environ.get(ENV_PREFIX + f.name.upper())
+        if f.name not in present and raw is not None:
+            out[f.name] = _type_of(f.type)(raw)
+    return out
 
 
 def _type_of(annotation: object) -> type:

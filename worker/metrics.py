@@ -36,6 +36,9 @@ class WorkerMetrics:
         self.in_flight = gauge("infernetes_requests_in_flight", "Inference requests accepted and not yet answered.")
         self.ready = gauge("infernetes_model_ready", "1 once the model is loaded and warmed up.")
         self.threads = gauge("infernetes_threads", "Torch threads of this allocation (num_threads).")
+        self.frozen_objects = gauge("infernetes_gc_frozen_objects",
+                                    "Objects the garbage collector no longer walks: those alive once the model "
+                                    "loaded (gc.freeze).")
         self.requests = counter("infernetes_inference_requests", "Inference requests answered successfully.")
         self.inputs = counter("infernetes_inference_inputs", "Inputs (texts or pairs) run through the model.")
         self.errors = counter("infernetes_inference_errors", "Inference requests that failed in the model.")

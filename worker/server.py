@@ -46,7 +46,7 @@ def serve(settings: WorkerSettings, engine: Any = None) -> int:
     sys.setswitchinterval(0.001)
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, freeze_heap
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings, engine)
@@ -70,6 +70,8 @@ def serve(settings: WorkerSettings, engine: Any = None) -> int:
             if state.failure:
                 print(f"infernetes-worker: fatal: {state.failure}", file=sys.stderr, flush=True)
                 server.should_exit = True
+            else:
+                state.metrics.frozen_objects.set(freeze_heap())
 
         watcher = asyncio.create_task(watch_load())
         if settings.ipc_path is not None:

@@ -25,7 +25,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import ENV_PREFIX, WorkerSettings
+from .config import WorkerSettings, from_environment
 from .server import EXIT_MODEL_FAILED, configure_threads
 
 MODULE = "infernetes.worker.zygote"  # how the runtime starts it: in every zygote's and forked worker's command line
@@ -39,8 +39,7 @@ def _settings(base: dict[str, Any]) -> WorkerSettings:
     known = {f.name for f in fields(WorkerSettings)}
     values = {k: v for k, v in base.items() if k in known}
     # Settings the runtime does not pass come from the environment, as `infernetes worker` reads them.
-    if "device" not in values and ENV_PREFIX + "DEVICE" in os.environ:
-        values["device"] = os.environ[ENV_PREFIX + "DEVICE"]
+    values.update(from_environment(set(values)))
     for key in ("model_dir", "termination_log", "ipc_path"):
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -57,6 +56,9 @@ def run_zygote(model_dir: Path, control_fd: int, termination_log: Path | None) -
         info = ModelInfo.from_manifest(model_dir, json.loads((model_dir / MANIFEST).read_text()))
         engine = engine_for(info, 1)
         engine.load()
+        from .app import freeze_heap
+
+        freeze_heap()  # the workers forked from here inherit a heap the collector no longer walks
     except Exception as exc:  # the runtime reads the reason from the termination log
         reason = f"model [{model_dir.name}] failed to load: {type(exc).__name__}: {exc}"
         if termination_log is not None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..auth import Authenticator
 from ..errors import InfernetesError
@@ -78,6 +78,11 @@ class GatewayMetrics:
         self.seconds = Histogram(
             "infernetes_gateway_request_duration_seconds", "REST request latency by route.", ["method", "route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.frozen_objects = Gauge(
+            "infernetes_gateway_gc_frozen_objects",
+            "Objects the garbage collector no longer walks: those alive once the gateway started (gc.freeze).",
             registry=self.registry,
         )
 

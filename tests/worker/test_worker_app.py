@@ -276,3 +276,34 @@ def test_the_worker_imports_nothing_from_the_control_plane():
     offenders = [p.name for p in worker.glob("*.py")
                  if "infernetes.operator" in p.read_text() or "from ..operator" in p.read_text()]
     assert offenders == []
+
+
+def _queued_answers(engine: TextEmbeddingEngine, texts: list[str], **overrides: Any) -> tuple[list[Any], list[int]]:
+    """``texts`` sent one per request while the model thread is held, so they wait as one batch; their
+    vectors, and the rows of each forward pass after the one that held the model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve(engine, **overrides) as (url, state), Gate(engine) as gate, ThreadPoolExecutor(len(texts) + 1) as pool:
+        def post(text: str) -> Any:
+            return httpx.post(url + "/infer", json={"input": [text]}, headers=AUTH, timeout=60).json()
+
+        first = pool.submit(post, "holds the model")
+        assert gate.entered.wait(30)
+        answers = [pool.submit(post, t) for t in texts]
+        deadline = time.monotonic() + 30
+        while state.batcher._queued_rows < len(texts):
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.01)
+        gate.opened.set()
+        first.result()
+        return [a.result()["text_embedding"][0]["embedding"] for a in answers], gate.rows[1:]
+
+
+def test_a_batch_of_mixed_lengths_runs_as_passes_with_the_same_vectors(engine):
+    """WorkerSettings.forward_overhead_tokens reaches the batcher: with no cost per pass, every length runs in
+    its own pass; with a huge one, the batch runs as one pass padded to its longest row. Same vectors."""
+    texts = [("word " * (1 + i % 4 * 6)).strip() for i in range(12)]  # 4 lengths, 3 each
+    split, split_passes = _queued_answers(engine, texts, forward_overhead_tokens=0)
+    whole, whole_passes = _queued_answers(engine, texts, forward_overhead_tokens=10**9)
+    assert whole_passes == [12] and split_passes == [3, 3, 3, 3]
+    np.testing.assert_allclose(split, whole, atol=1e-5)
