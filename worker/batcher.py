@@ -254,9 +254,10 @@ class Batcher:
         """One forward pass over ``live`` (a batch, or a run of its rows of similar lengths), its rows stored."""
         try:
             features = collate(live, self.engine.pad_id)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             output = self._forward(features, live)
             elapsed = time.perf_counter() - t0
+            self.metrics.inference_cpu.inc(time.thread_time() - c0)
             if output is None:  # every request in the pass was given up while it ran
                 for seg in live:
                     self._finish_segment(seg, None)

@@ -40,6 +40,9 @@ class WorkerMetrics:
                                     "Objects the garbage collector no longer walks: those alive once the model "
                                     "loaded (gc.freeze).")
         self.requests = counter("infernetes_inference_requests", "Inference requests answered successfully.")
+        self.inference_cpu = counter("infernetes_inference_cpu_seconds",
+                                     "CPU time of the model thread in forward passes (with num_threads 1, all of "
+                                     "the model's; wall time above it is time the thread waited for a core).")
         self.inputs = counter("infernetes_inference_inputs", "Inputs (texts or pairs) run through the model.")
         self.errors = counter("infernetes_inference_errors", "Inference requests that failed in the model.")
         self.rejected = counter("infernetes_rejected_requests", "Requests refused with 429 because the queue was full.")
