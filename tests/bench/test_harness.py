@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import kill_process_group, killed_with_parent, reap_tagged, run_process_group
+from helpers import kill_process_group, killed_with_parent, reap_tagged, run_process_group, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # Every test here is checked for processes it left running (tests/bench/conftest.py).
@@ -124,7 +124,12 @@ def test_a_harness_that_fails_with_its_server_up_leaves_no_process(tmp_path, no_
 
 
 def test_the_check_finds_a_detached_process_and_kills_it(no_process_left):
-    subprocess.run(["setsid", "sh", "-c", "sleep 600 & exit 0"], check=True)  # the sleep is reparented to init
+    # The sleep is reparented to init once the shell exits. Checked only once it is `sleep`: between the shell's
+    # fork and the exec, /proc shows neither its final command line nor, for a moment, its environment.
+    shell = ["setsid", "sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"]  # the sleep must not hold our pipe
+    pid = int(subprocess.run(shell, check=True, capture_output=True, text=True).stdout)
+    wait_for(lambda: psutil.Process(pid).cmdline()[:1] == ["sleep"], timeout=30, interval=0.01,
+             what="the detached sleep to start")
     assert reap_tagged(no_process_left, ceiling=0) == ["sleep 600"]
     assert not reap_tagged(no_process_left, ceiling=0)
 
