@@ -224,7 +224,18 @@ def reap_tagged(tag: str, ceiling: float = 60.0) -> list[str]:
         with contextlib.suppress(psutil.Error):
             left.append(" ".join(proc.cmdline()[:4]))
             proc.kill()
+    # SIGKILL lands when the process next runs (later on a busy machine): gone, or a zombie for its reaper.
+    wait_for(lambda: not any(_running(p) for p in alive), timeout=30, interval=0.01, what="killed processes to end")
     return left
+
+
+def _running(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> Any:
