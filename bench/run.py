@@ -705,8 +705,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                                round(onnx["http_best_inputs_per_s"] / r["best_inputs_per_s"], 3), ">=", 1.5))
     if "memory" in report:
         when = report["memory"].get("measured")
-        out.append(_target(f"memory (measured apart, {when[:10]})" if when else "memory", "extra allocation ÷ first (PSS)", report["memory"].get("ratio_extra_to_first"),
-                           "<=", 0.5))
+        out.append(_target(f"memory (measured apart, {when[:10]})" if when else "memory",
+                           "extra allocation ÷ first (PSS)", report["memory"].get("ratio_extra_to_first"), "<=", 0.5))
     return out
 
 

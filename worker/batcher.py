@@ -210,14 +210,14 @@ class Batcher:
             self._last_job = first.job
             batch = [first]
             rows, tokens = len(first.rows), first.tokens
-            width = first.tokens // max(1, len(first.rows))
+            width = _width(first)
             skipped: list[Segment] = []
             while self._queue:
                 nxt = self._queue[0]
                 if nxt.key != first.key:
                     skipped.append(self._queue.popleft())
                     continue
-                nxt_width = nxt.tokens // max(1, len(nxt.rows))
+                nxt_width = _width(nxt)
                 new_width = max(width, nxt_width)
                 new_rows = rows + len(nxt.rows)
                 if new_rows > self.max_batch_size or new_width * new_rows > max(self.token_budget, tokens):
