@@ -35,9 +35,11 @@ def create_app(service: InferenceService, settings: GatewaySettings | None = Non
         if start is not None:
             await start()
         await service.restore()
-        # Everything alive now (FastAPI, pydantic, the clients: ~65,000 objects) stays for the process's life; a
-        # full garbage collection walked it all in 55-85 ms under load, stalling every request in flight
-        # (issue 16, measured with gc.callbacks). Frozen, the collector walks only what requests allocate.
+        # Everything alive now stays for the process's life: FastAPI, pydantic and the clients, ~65,000 objects
+        # (~485,000 in `infernetes serve --demo`, which has imported the model libraries too). A full garbage
+        # collection walked the 65,000 in 55-85 ms under load, stalling every request in flight (issue 16,
+        # measured with gc.callbacks). Frozen, the collector walks only what requests allocate. Not the worker's
+        # freeze_heap: importing worker.app would load numpy and the batcher into the gateway (0.4 s).
         gc.collect()
         gc.freeze()
         metrics.frozen_objects.set(gc.get_freeze_count())
